@@ -1,0 +1,175 @@
+"""One thread per model: it runs every active stream of that model, a frame at a time.
+
+Sessions never touch a model. They submit a ``Job`` and await its queue; the
+scheduler admits jobs earliest-deadline-first (prefill), then advances all
+admitted streams one step per round and posts audio chunks back to the event
+loop. A cancelled job is dropped before its next step. The round hands the
+whole list of live streams to ``Talker.step``, which can become one batched
+forward later without touching this loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ...errors import EngineError, MineStreamError, Unavailable
+from .manager import ModelManager
+from .stream import CodecStream, Prompt, StreamState, Talker
+
+logger = logging.getLogger("minestream.qwen")
+
+END = object()
+
+
+class Job:
+    """One segment's stream: built on the model thread, consumed on the event loop."""
+
+    def __init__(
+        self,
+        build: Callable[[Any], Prompt],
+        *,
+        due: float,
+        max_frames: int,
+        chunks: tuple[int, int],
+        left_context: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.build = build
+        self.due = due
+        self.max_frames = max_frames
+        self.first_chunk, self.chunk = chunks
+        self.left_context = left_context
+        self.loop = loop
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self.state: StreamState | None = None
+        self.codec: CodecStream | None = None
+        self.sent_first = False
+        self.pushed = 0
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def post(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone; nobody is listening
+            self.cancel()
+
+    def start(self, tts: Any, talker: Talker) -> None:
+        prompt = self.build(tts)
+        # upstream's max_new_tokens counts the final (unconsumed) token too
+        cap = int(prompt.talker_kwargs.get("max_new_tokens") or self.max_frames + 1) - 1
+        self.state = StreamState(prompt, max_frames=max(1, min(self.max_frames, cap)))
+        self.codec = CodecStream(tts, prompt.ref_code, self.left_context)
+        talker.prefill(self.state)
+
+    def collect(self) -> None:
+        """Move new frames to the codec and post a chunk when enough are pending."""
+        state, codec = self.state, self.codec
+        codec.push(state.frames[self.pushed :])
+        self.pushed = len(state.frames)
+        size = self.chunk if self.sent_first else self.first_chunk
+        if codec.pending >= size or (state.done and codec.pending):
+            self.post(codec.flush())
+            self.sent_first = True
+        if state.done:
+            self.post(END)
+
+
+class Scheduler:
+    def __init__(self, kind: str, manager: ModelManager, *, max_active: int = 32) -> None:
+        self.kind = kind
+        self.manager = manager
+        self.max_active = max_active
+        self._pending: list[tuple[float, int, Job]] = []
+        self._active: list[Job] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"qwen-{kind}", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._closed:
+                raise Unavailable("the engine is shutting down")
+            heapq.heappush(self._pending, (job.due, next(self._order), job))
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+        for job in [j for _, _, j in self._pending] + self._active:
+            job.post(Unavailable("the engine shut down"))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            tts = self.manager.acquire(self.kind)
+            try:
+                self._serve(tts, Talker(tts))
+            finally:
+                self.manager.release(self.kind)
+
+    def _serve(self, tts: Any, talker: Talker) -> None:
+        """Run until nothing is active and nothing may be admitted."""
+        while not self._closed:
+            self._admit(tts, talker)
+            self._active = [j for j in self._active if not j.cancelled.is_set() and not j.state.done]
+            if not self._active:
+                with self._cond:
+                    if not self._pending or self.manager.should_yield(self.kind):
+                        return
+                continue
+            self._active.sort(key=lambda j: j.due)
+            try:
+                talker.step([j.state for j in self._active])
+            except Exception as exc:  # one bad stream must not kill the others
+                logger.exception("qwen %s step failed", self.kind)
+                for job in self._active:
+                    job.post(EngineError(f"synthesis failed: {exc}"))
+                    job.cancel()
+                continue
+            for job in self._active:
+                job.collect()
+
+    def _admit(self, tts: Any, talker: Talker) -> None:
+        while len(self._active) < self.max_active and not self.manager.should_yield(self.kind):
+            with self._cond:
+                if not self._pending:
+                    return
+                _, _, job = heapq.heappop(self._pending)
+            if job.cancelled.is_set():
+                continue
+            try:
+                job.start(tts, talker)
+            except MineStreamError as exc:
+                job.post(exc)
+                continue
+            except Exception as exc:
+                logger.exception("qwen %s prefill failed", self.kind)
+                job.post(EngineError(f"synthesis failed: {exc}"))
+                continue
+            job.collect()
+            self._active.append(job)

@@ -1,0 +1,216 @@
+"""The HTTP API: the voice library, OpenAI-compatible speech, health, CA, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import prometheus_client
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from .audio import streaming_wav_header, to_pcm_bytes
+from .auth import require_token
+from .engines.base import Voice
+from .errors import BadMessage, LimitExceeded, MineStreamError, TooLarge, VoiceNotFound
+from .ingest import decode_bytes
+from .reference import prepare_reference
+from .speech import Utterance, speak
+from .state import ServerState
+from .tls import CA_CERT
+
+MAX_UPLOAD_BYTES = 25 << 20
+# OpenAI's stock voice names, so its SDKs work unchanged: each is a design.
+OPENAI_VOICES = {
+    "alloy": "a neutral, balanced, clear voice",
+    "ash": "a warm, confident male voice",
+    "ballad": "a soft, gentle, expressive voice",
+    "coral": "a bright, cheerful female voice",
+    "echo": "a deep, calm male voice",
+    "fable": "a warm, expressive storyteller",
+    "onyx": "a very deep, authoritative male voice",
+    "nova": "a bright, energetic young female voice",
+    "sage": "a calm, measured, wise voice",
+    "shimmer": "a soft, gentle female voice",
+    "verse": "a lively, expressive voice",
+}
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.minestream
+    return state
+
+
+def error_response(exc: MineStreamError) -> JSONResponse:
+    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > 1 << 20:
+        raise TooLarge("request body is larger than 1 MiB")
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        raise BadMessage("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadMessage("the body must be a JSON object")
+    return data
+
+
+# --- voices -----------------------------------------------------------------------
+
+
+async def list_voices(request: Request) -> Response:
+    require_token(request)
+    voices = await _state(request).library.list()
+    return JSONResponse({"voices": [v.as_dict() for v in voices]})
+
+
+async def get_voice(request: Request) -> Response:
+    require_token(request)
+    record = await _state(request).library.get(request.path_params["voice_id"])
+    return JSONResponse(record.as_dict())
+
+
+async def rename_voice(request: Request) -> Response:
+    require_token(request)
+    data = await _json_body(request)
+    if not isinstance(data.get("name"), str):
+        raise BadMessage("'name' is required")
+    record = await _state(request).library.rename(request.path_params["voice_id"], data["name"])
+    return JSONResponse(record.as_dict())
+
+
+async def delete_voice(request: Request) -> Response:
+    require_token(request)
+    await _state(request).library.delete(request.path_params["voice_id"])
+    return Response(status_code=204)
+
+
+async def voice_audio(request: Request) -> Response:
+    require_token(request)
+    library = _state(request).library
+    record = await library.get(request.path_params["voice_id"])
+    path = library.audio_path(record)
+    if path is None:
+        raise VoiceNotFound(f"voice {record.id} has no reference audio")
+    return FileResponse(path, media_type="audio/wav", filename=f"{record.id}.wav")
+
+
+async def create_voice(request: Request) -> Response:
+    """Multipart {file, name, ref_text} clones; JSON {name, design} saves a design."""
+    require_token(request)
+    state = _state(request)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        record = await _create_clone(request, state)
+    else:
+        data = await _json_body(request)
+        design = data.get("design")
+        if not isinstance(design, str) or not design.strip():
+            raise BadMessage("'design' (a description) is required, or upload a recording as multipart 'file'")
+        reference = await state.engine.render_design(design, str(data.get("language") or "auto"))
+        record = await state.library.save(
+            name=str(data.get("name") or ""),
+            kind="design",
+            design=design,
+            audio=None if reference is None else reference.audio,
+            ref_text=None if reference is None else reference.text,
+        )
+    return JSONResponse(record.as_dict(), status_code=201)
+
+
+async def _create_clone(request: Request, state: ServerState) -> Any:
+    if int(request.headers.get("content-length") or 0) > MAX_UPLOAD_BYTES:
+        raise TooLarge(f"uploads are limited to {MAX_UPLOAD_BYTES >> 20} MiB")
+    async with request.form(max_files=1, max_fields=8, max_part_size=MAX_UPLOAD_BYTES) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise BadMessage("multipart field 'file' (the recording) is required")
+        data = await upload.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise TooLarge(f"uploads are limited to {MAX_UPLOAD_BYTES >> 20} MiB")
+        name, ref_text = form.get("name"), form.get("ref_text")
+        mime = upload.content_type
+    max_seconds = state.settings.limits.max_ref_seconds
+    pcm = await decode_bytes(data, mime, max_seconds=max_seconds)
+    audio = await asyncio.to_thread(prepare_reference, pcm, max_seconds=max_seconds)
+    return await state.library.save(
+        name=name if isinstance(name, str) else "",
+        kind="clone",
+        audio=audio,
+        ref_text=ref_text if isinstance(ref_text, str) and ref_text.strip() else None,
+    )
+
+
+# --- speech -------------------------------------------------------------------------
+
+
+async def speech(request: Request) -> Response:
+    """OpenAI-compatible ``POST /v1/audio/speech``; the body streams as it is generated."""
+    require_token(request)
+    state = _state(request)
+    data = await _json_body(request)
+    text, fmt = data.get("input"), data.get("response_format", "wav")
+    if not isinstance(text, str) or not text.strip():
+        raise BadMessage("'input' (the text to speak) is required")
+    if len(text) > state.settings.limits.max_text_chars:
+        raise LimitExceeded(f"'input' is longer than {state.settings.limits.max_text_chars} characters")
+    if fmt not in ("wav", "pcm"):
+        raise BadMessage("'response_format' must be 'wav' or 'pcm' (16-bit mono 24 kHz)")
+    voice = await _speech_voice(state, data.get("voice"), data.get("instructions"))
+    utterance = Utterance("http", voice, str(data.get("language") or "auto"))
+    utterance.add_text(text)
+    utterance.end()
+
+    async def body() -> AsyncIterator[bytes]:
+        if fmt == "wav":
+            yield streaming_wav_header()
+        async for chunk in speak(state.engine, utterance):
+            yield to_pcm_bytes(chunk, "pcm_s16le")
+
+    media = "audio/wav" if fmt == "wav" else "audio/pcm"
+    return StreamingResponse(body(), media_type=media, headers={"X-Sample-Rate": "24000"})
+
+
+async def _speech_voice(state: ServerState, name: object, instructions: object) -> Voice:
+    if isinstance(instructions, str) and instructions.strip():
+        return Voice(design=instructions)
+    if not isinstance(name, str) or not name:
+        raise BadMessage("'voice' (a saved voice id or name) or 'instructions' (a description) is required")
+    for record in await state.library.list():
+        if name in (record.id, record.name):
+            reference = await state.library.reference(record)
+            return Voice(design=record.design, reference=reference, voice_id=record.id)
+    if name.lower() in OPENAI_VOICES:
+        return Voice(design=OPENAI_VOICES[name.lower()])
+    raise VoiceNotFound(f"no saved voice named {name[:64]!r}; pass 'instructions' to design one")
+
+
+# --- the rest --------------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    state = _state(request)
+    health = state.engine.health()
+    return JSONResponse(
+        {
+            "status": "ok" if health.get("state") == "ready" else health.get("state", "unknown"),
+            "engine": {**state.engine.info.as_message(), **health},
+            "sessions": len(state.sessions),
+        }
+    )
+
+
+async def ca_certificate(request: Request) -> Response:
+    path = _state(request).settings.certs_dir / CA_CERT
+    if not path.exists():
+        return Response("this server uses its own certificate (--cert); there is no local CA\n", status_code=404)
+    return FileResponse(path, media_type="application/x-x509-ca-cert", filename="minestream-ca.pem")
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)

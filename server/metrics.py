@@ -1,0 +1,18 @@
+"""Prometheus metrics, served at ``GET /metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+TTFA = Histogram("minestream_ttfa_seconds", "Server-side time from speak to first audio sent", buckets=_LATENCY)
+RTF = Histogram(
+    "minestream_rtf", "Generation wall time over audio duration, per utterance", buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
+)
+UTTERANCES = Counter("minestream_utterances_total", "Utterances opened")
+ACTIVE_SESSIONS = Gauge("minestream_active_sessions", "Open sessions (WebSocket and WebRTC)")
+ACTIVE_UTTERANCES = Gauge("minestream_active_utterances", "Utterances being generated")
+QUEUE_DEPTH = Gauge("minestream_engine_queue_depth", "Engine jobs waiting for a worker")
+DECODE_SECONDS = Histogram("minestream_decode_seconds", "Reference decode time per upload", buckets=_LATENCY)
+ERRORS = Counter("minestream_errors_total", "Errors reported to clients, by protocol code", ["code"])

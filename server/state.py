@@ -1,0 +1,28 @@
+"""What every session shares: settings, the one engine, the voice library, the token."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .config import Settings
+from .engines.base import Engine
+from .voices import VoiceLibrary
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    engine: Engine
+    library: VoiceLibrary
+    token: str | None
+    sessions: set[Session] = field(default_factory=set)
+
+    def check_token(self, token: str | None) -> bool:
+        if self.token is None:
+            return True
+        return token is not None and hmac.compare_digest(token.encode(), self.token.encode())

@@ -1,0 +1,85 @@
+"""Splitting text into sentences, whole or as it streams in."""
+
+from __future__ import annotations
+
+import re
+
+# A sentence ends at . ! ? … (and CJK stops) followed by space, but not after
+# a single letter or a common abbreviation ("Dr. Smith", "U.S. law").
+_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|[。！？]")
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "no", "mt"}
+_CLAUSE = re.compile(r"(?<=[,;:—])\s+")
+
+
+def _ends_with_abbreviation(text: str) -> bool:
+    words = text.rstrip(".").split()
+    if not words:
+        return False
+    word = words[-1].lower()
+    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+
+
+def _complete(text: str) -> tuple[list[str], str]:
+    """The complete sentences of ``text`` and the unfinished rest."""
+    sentences: list[str] = []
+    start = 0
+    for match in _END.finditer(text):
+        candidate = text[start : match.end()]
+        if match.group().startswith(".") and _ends_with_abbreviation(candidate):
+            continue
+        sentences.append(candidate.strip())
+        start = match.end()
+    return [s for s in sentences if s], text[start:]
+
+
+def _cap(sentence: str, max_chars: int) -> list[str]:
+    """Cuts an over-long sentence at clause marks, then between words."""
+    if len(sentence) <= max_chars:
+        return [sentence]
+    pieces: list[str] = []
+    current = ""
+    for clause in _CLAUSE.split(sentence):
+        for word in clause.split():
+            if current and len(current) + 1 + len(word) > max_chars:
+                pieces.append(current)
+                current = ""
+            current = f"{current} {word}" if current else word[:max_chars]
+        if len(current) >= max_chars // 2:
+            pieces.append(current)
+            current = ""
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def split_sentences(text: str, max_chars: int = 400) -> list[str]:
+    """Sentences of ``text``, each at most ``max_chars`` long."""
+    sentences, rest = _complete(text + " ")
+    if rest.strip():
+        sentences.append(rest.strip())
+    return [piece for s in sentences for piece in _cap(s, max_chars)]
+
+
+class SentenceBuffer:
+    """Collects streamed text and releases each sentence once it is complete.
+
+    A sentence is complete once its end mark is followed by whitespace: "Hi."
+    alone may still become "Hi.5", but "Hi. " is done.
+    """
+
+    def __init__(self, max_chars: int = 400) -> None:
+        self.max_chars = max_chars
+        self._pending = ""
+
+    def push(self, text: str) -> list[str]:
+        sentences, self._pending = _complete(self._pending + text)
+        if len(self._pending) > self.max_chars:
+            # Runaway text without punctuation: release all but the last word.
+            head, _, tail = self._pending.rpartition(" ")
+            sentences.append(head.strip())
+            self._pending = tail
+        return [piece for s in sentences if s for piece in _cap(s, self.max_chars)]
+
+    def flush(self) -> list[str]:
+        text, self._pending = self._pending, ""
+        return split_sentences(text, self.max_chars)

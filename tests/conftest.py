@@ -1,0 +1,145 @@
+"""Fixtures that start the real server: a subprocess, over TLS, on loopback.
+
+``server`` is one preview-engine server shared by the whole run (tests that
+only talk to it); ``server_factory`` starts private ones (restarts, tokens,
+small limits, other engines) and stops them at the end of the test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import pytest
+
+from client import Client, ssl_context
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    data_dir: Path
+    certs_dir: Path
+    args: tuple[str, ...] = ()
+    token: str | None = None
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"wss://127.0.0.1:{self.port}/v1/stream"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.certs_dir / "ca.pem"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl_context(self.ca_file)
+
+    def http(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, verify=self.ssl_context(), timeout=60, **kwargs)
+
+    async def client(self, **kwargs: Any) -> Client:
+        kwargs.setdefault("token", self.token)
+        return await Client.connect(self.ws_url, ssl=self.ssl_context(), **kwargs)
+
+    def start(self, timeout: float = 120) -> LiveServer:
+        command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--data-dir", str(self.data_dir), "--certs-dir", str(self.certs_dir), "--log-level", "warning", *self.args]
+        if self.token:
+            command += ["--token", self.token]
+        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's life
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if self.ca_file.exists():
+                    with self.http() as http:
+                        if http.get("/healthz").status_code == 200:
+                            return self
+            except (httpx.HTTPError, ssl.SSLError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not become ready:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> LiveServer:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("certs")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[LiveServer]:
+    """One preview-engine server for the run; tests must leave it as they found it."""
+    live = LiveServer(tmp_path_factory.mktemp("shared") / "data", certs_dir, ("--engine", "preview")).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, certs_dir: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start private servers: ``server_factory("--max-text-chars", "50", token="t")``."""
+    started: list[LiveServer] = []
+
+    def start(*args: str, token: str | None = None, engine: str = "preview", data_dir: Path | None = None) -> LiveServer:
+        live = LiveServer(data_dir or tmp_path / f"data{len(started)}", certs_dir, ("--engine", engine, *args), token=token)
+        started.append(live)
+        return live.start()
+
+    yield start
+    for live in started:
+        live.stop()
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few seconds of real speech (espeak-ng), 16-bit mono WAV."""
+    path = tmp_path_factory.mktemp("audio") / "speech.wav"
+    text = "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. It is easy to tell the depth of a well."
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), text], check=True)
+    return path
