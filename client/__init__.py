@@ -28,6 +28,7 @@ from typing import Any
 import msgpack
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 __all__ = ["AudioChunk", "Client", "ServerError", "Speech", "ssl_context"]
 
@@ -128,6 +129,8 @@ class Client:
         self.sample_rate = 24000
         self.errors: list[dict[str, Any]] = []
         """Errors not tied to an open utterance or upload, in arrival order."""
+        self.stray: list[dict[str, Any]] = []
+        """Messages for an utterance that is no longer open (none should come)."""
         self.closed = False
         self._utterances: dict[str, Speech] = {}
         self._uploads: dict[str, asyncio.Queue[dict[str, Any]]] = {}
@@ -156,8 +159,13 @@ class Client:
         hello: dict[str, Any] = {"type": "hello", "protocol": 1, "format": format, "sample_rate": sample_rate}
         if token is not None:
             hello["token"] = token
-        await client.send(hello)
-        client.ready = await client._ready
+        try:
+            with contextlib.suppress(ConnectionClosed):  # the reason arrives through the reader
+                await client.send(hello)
+            client.ready = await client._ready
+        except BaseException:
+            await client.close()
+            raise
         client.format, client.sample_rate = client.ready["format"], client.ready["sample_rate"]
         return client
 
@@ -173,6 +181,10 @@ class Client:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+    async def wait_closed(self) -> None:
+        """Until the server has closed the connection (``ws.close_code`` says how)."""
+        await asyncio.shield(self._reader)
 
     # --- sending -----------------------------------------------------------
 
@@ -254,6 +266,8 @@ class Client:
                     message["data"] = base64.b64decode(message["data"])
                 message["_received"] = received
                 self._route(message)
+        except ConnectionClosed:
+            pass  # close_code says how; waiting utterances get the error below
         finally:
             self.closed = True
             fatal = {"type": "error", "code": "closed", "message": "the connection closed", "fatal": True}
@@ -277,6 +291,8 @@ class Client:
             speech._queue.put_nowait(message)
         elif message.get("ref") in self._uploads:
             self._uploads[message["ref"]].put_nowait(message)
+        elif kind in ("audio", "done"):
+            self.stray.append(message)
         elif kind == "error":
             self.errors.append(message)
             if message.get("fatal") and not self._ready.done():

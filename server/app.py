@@ -43,6 +43,8 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            for closer in state.closers:
+                await closer()
             for session in list(state.sessions):
                 await session.close()
             await engine.close()

@@ -58,6 +58,7 @@ STREAMING, WHOLE = "streaming", "whole"
 SNIFF_BYTES = 12
 MAX_HEAD_BYTES = 1 << 20  # MP4 boxes before moov/mdat; more is not a recording
 SUPPORTED = "WebM, Ogg, MP4, WAV, FLAC or MP3"
+_RETRY = f"Record again, or upload {SUPPORTED} audio."
 
 _EBML = b"\x1a\x45\xdf\xa3"
 _CLUSTER = b"\x1f\x43\xb6\x75"
@@ -118,11 +119,13 @@ def mp4_layout(head: bytes) -> str | None:
     return None
 
 
-_RETRY = f"Record again, or upload {SUPPORTED} audio."
-
-
 class FormatSniffer:
-    """Finds the container from the first bytes and the MIME hint."""
+    """Finds the container from the first bytes and the MIME hint.
+
+    The bytes decide: browsers and clients mislabel (Chrome's 'audio/mp4' is
+    Opus in fragmented MP4, files arrive as application/octet-stream). The hint
+    only settles what bytes cannot, and makes error messages specific.
+    """
 
     def __init__(self, mime: str | None) -> None:
         self.mime = mime
@@ -134,6 +137,9 @@ class FormatSniffer:
         if len(self._head) < SNIFF_BYTES and not final:
             return None
         fmt = magic_format(bytes(self._head[:SNIFF_BYTES]))
+        hint = mime_format(self.mime)
+        if fmt in ("aac", "mp3") and hint in ("aac", "mp3"):
+            fmt = hint  # a bare frame sync is ambiguous; elsewhere the bytes win
         if fmt is None:
             raise UnsupportedAudio(self._unknown_message())
         if fmt != "mp4":
@@ -156,9 +162,10 @@ class FormatSniffer:
                     "every MediaRecorder piece, from the first, in one upload.")
         if len(head) < SNIFF_BYTES:
             return "The upload is too short to be audio. Record again."
-        hint = mime_format(self.mime)
-        declared = f" (declared as {self.mime})" if hint or self.mime else ""
-        return f"The upload is not audio in a known format{declared}. " + _RETRY
+        declared = f" (declared as {self.mime[:60]})" if self.mime else ""
+        return (f"The upload does not start like audio in a known format{declared}. "
+                "If it is a MediaRecorder recording, send every piece from the first one; "
+                "otherwise " + _RETRY[0].lower() + _RETRY[1:])
 
     @staticmethod
     def foreign_piece(data: bytes, fmt: str, index: int) -> str | None:
@@ -166,9 +173,9 @@ class FormatSniffer:
         other = magic_format(data[:SNIFF_BYTES])
         # Only whole-file signatures count: a bare 0xFFEx sync, an Ogg page or an
         # ID3 tag may legitimately begin a later piece of the same format.
-        starts_file = other in ("matroska", "mp4", "wav", "flac") or (
-            other == "ogg" and fmt != "ogg") or (other == "mp3" and data[:3] == b"ID3" and fmt != "mp3")
-        if not starts_file:
+        if other is None or other == "aac" or (other == fmt and fmt in ("ogg", "mp3")):
+            return None
+        if other == "mp3" and not data.startswith(b"ID3"):
             return None
         return (f"Piece {index} starts a new {_NAMES[other]} file inside this {_NAMES[fmt]} "
                 "upload. Send each recording as its own upload (voice_begin ... voice_end).")
@@ -235,10 +242,6 @@ class MonoSink:
 
 # -- the worker --------------------------------------------------------------
 
-class _Stalled(Exception):
-    """Raised inside the worker when the upload sent nothing for too long."""
-
-
 class _Pipe:
     """A blocking, non-seekable byte stream for PyAV: ``read`` waits for ``write``."""
 
@@ -247,8 +250,9 @@ class _Pipe:
         self._cv = threading.Condition()
         self._eof = False
         self.aborted = False
+        self.stalled = False  # nothing arrived for idle_timeout: the reader gave up
         self._reader_idle = False  # the reader is blocked waiting for bytes
-        self._idle_timeout = idle_timeout
+        self.idle_timeout = idle_timeout
         self._drain_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def seekable(self) -> bool:
@@ -276,14 +280,15 @@ class _Pipe:
 
     def read(self, n: int) -> bytes:
         with self._cv:
-            if not self._chunks and not (self._eof or self.aborted):
+            if not self._chunks and not (self._eof or self.aborted or self.stalled):
                 self._reader_idle = True
                 self._wake_drain_waiters_locked()
-                ready = self._cv.wait_for(self._readable, timeout=self._idle_timeout)
+                ready = self._cv.wait_for(self._readable, timeout=self.idle_timeout)
                 self._reader_idle = False
-                if not ready:
-                    raise _Stalled()
-            if self.aborted or not self._chunks:
+                # PyAV may swallow exceptions raised here (a demuxer treats a read
+                # error as EOF), so a stall ends the stream and is reported after.
+                self.stalled = self.stalled or not ready
+            if self.aborted or self.stalled or not self._chunks:
                 return b""
             head = self._chunks[0]
             out = bytes(head[:n])
@@ -342,11 +347,9 @@ def _decode_into(source: object, fmt: str, sink: MonoSink, limit: int, pipe: _Pi
             if not container.streams.audio:
                 raise UnsupportedAudio("The recording contains no audio track. " + _RETRY)
             _demux(container, container.streams.audio[0], sink, limit, pipe)
-    except _Stalled:
-        raise UnsupportedAudio(
-            f"The upload stalled: nothing arrived for {IDLE_TIMEOUT_S:.0f} s. Record again."
-        ) from None
     except (av.FFmpegError, ValueError, EOFError) as exc:  # ValueError: bad frame layouts
+        if pipe is not None and pipe.stalled:
+            raise _stalled(pipe) from None
         if not (pipe is not None and pipe.drained_at_eof() and sink.samples > 0):
             raise UnsupportedAudio(
                 f"The audio could not be decoded as {_NAMES[fmt]}: it looks damaged "
@@ -354,7 +357,13 @@ def _decode_into(source: object, fmt: str, sink: MonoSink, limit: int, pipe: _Pi
             ) from exc
         # The upload ended inside a block (a recorder cut off mid-write): the
         # audio before it is good, so keep it, as for formats that stop quietly.
+    if pipe is not None and pipe.stalled:
+        raise _stalled(pipe)
     sink.flush()
+
+
+def _stalled(pipe: _Pipe) -> UnsupportedAudio:
+    return UnsupportedAudio(f"The upload stalled: nothing arrived for {pipe.idle_timeout:g} s. Record again.")
 
 
 def _demux(container: av.container.InputContainer, stream: av.AudioStream, sink: MonoSink,
@@ -489,6 +498,7 @@ class ReferenceDecoder:
             self._pipe.write(head)
 
     async def _check_piece(self, data: bytes) -> None:
+        assert self._fmt is not None
         problem = self._sniffer.foreign_piece(data, self._fmt, self._pieces)
         if problem:
             await self._fail(UnsupportedAudio(problem))

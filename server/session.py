@@ -266,6 +266,10 @@ class Session:
             raise LimitExceeded(f"text is longer than {self.limits.max_text_chars} characters")
         if speak.final and not speak.text.strip():
             raise BadMessage("'text' is empty")
+        languages = [language.lower() for language in self.engine.info.languages]
+        wanted = speak.language.lower()
+        if wanted != "auto" and wanted not in languages and wanted.split("-")[0] not in languages:
+            raise Unavailable(f"this engine speaks {', '.join(self.engine.info.languages)} (or 'auto'), not {speak.language!r}")
 
     async def _resolve(self, ref: VoiceRef) -> Voice:
         if ref.design is not None:
@@ -315,6 +319,8 @@ class Session:
         try:
             async for chunk in speak(self.engine, utterance):
                 await self.audio.write(utterance.id, chunk)
+            if utterance.audio_samples == 0:
+                raise EngineError("the engine produced no audio: is there anything speakable in the text?")
             await self.audio.end(utterance.id)
         except MineStreamError as exc:
             exc.id = utterance.id
@@ -395,6 +401,7 @@ class Session:
         if self.microphone is not None:
             await self.microphone.stop(upload)
         self.uploads.pop(end.ref, None)
+        began = time.monotonic()
         try:
             pcm = await upload.decoder.finish()
             audio = await asyncio.to_thread(prepare_reference, pcm, max_seconds=self.limits.max_ref_seconds)
@@ -403,6 +410,7 @@ class Session:
             raise
         finally:
             await upload.decoder.abort()
+        metrics.DECODE_SECONDS.observe(time.monotonic() - began)
         record = await self.state.library.save(name=upload.name or "", kind="clone", audio=audio, ref_text=upload.ref_text)
         self.outbox.put({"type": "voice", "ref": end.ref, "voice_id": record.id, "name": record.name, "duration_ms": record.duration_ms})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .config import Settings
@@ -21,6 +22,8 @@ class ServerState:
     library: VoiceLibrary
     token: str | None
     sessions: set[Session] = field(default_factory=set)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Run at shutdown before the engine closes (transports free their peers)."""
 
     def check_token(self, token: str | None) -> bool:
         if self.token is None:

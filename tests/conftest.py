@@ -126,8 +126,10 @@ def server_factory(tmp_path: Path, certs_dir: Path) -> Iterator[Callable[..., Li
     """Start private servers: ``server_factory("--max-text-chars", "50", token="t")``."""
     started: list[LiveServer] = []
 
-    def start(*args: str, token: str | None = None, engine: str = "preview", data_dir: Path | None = None) -> LiveServer:
-        live = LiveServer(data_dir or tmp_path / f"data{len(started)}", certs_dir, ("--engine", engine, *args), token=token)
+    def start(
+        *args: str, token: str | None = None, engine: str = "preview", data_dir: Path | None = None, certs: Path | None = None
+    ) -> LiveServer:
+        live = LiveServer(data_dir or tmp_path / f"data{len(started)}", certs or certs_dir, ("--engine", engine, *args), token=token)
         started.append(live)
         return live.start()
 

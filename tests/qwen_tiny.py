@@ -34,6 +34,7 @@ _CODEC_IDS = {
 }
 _LANGUAGES = {"english": 2050, "chinese": 2055, "german": 2053, "french": 2061}
 _HIDDEN = 32
+TINY_MAX_NEW_TOKENS = 25  # so 24 frames per segment
 
 
 def _text_tokenizer():
@@ -98,9 +99,9 @@ def _talker_config(text_vocab: int) -> dict:
 
 
 def _speech_tokenizer(path: Path) -> None:
-    from transformers import EncodecFeatureExtractor
-
+    import torch
     from qwen_tts.core import Qwen3TTSTokenizerV2Config, Qwen3TTSTokenizerV2Model
+    from transformers import EncodecFeatureExtractor
 
     encoder = {
         "hidden_size": 32,
@@ -128,7 +129,18 @@ def _speech_tokenizer(path: Path) -> None:
         "sliding_window": 72,
     }
     config = Qwen3TTSTokenizerV2Config(encoder_config=encoder, decoder_config=decoder)
-    Qwen3TTSTokenizerV2Model(config).eval().save_pretrained(path)
+    torch.manual_seed(99)
+    model = Qwen3TTSTokenizerV2Model(config).eval()
+    with torch.no_grad():  # codebooks start as zero sums: every code would decode to silence
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if name.endswith(("embedding_sum", "embed_sum")):
+                tensor.copy_(torch.randn_like(tensor))
+        # transformers' std-0.02 init makes a deep conv stack output ~1e-9: use
+        # torch's fan-in init so the tiny codec speaks at an audible, testable level.
+        for module in model.decoder.modules():
+            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.Linear)):
+                module.reset_parameters()
+    model.save_pretrained(path)
     EncodecFeatureExtractor(feature_size=1, sampling_rate=24000, padding_value=0.0).save_pretrained(path)
 
 
@@ -147,7 +159,6 @@ def _trim_speaker_encoder_config(path: Path) -> None:
 
 def _build_one(path: Path, kind: str, tokenizer) -> None:
     import torch
-
     from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration, Qwen3TTSProcessor
 
     ids = tokenizer.convert_tokens_to_ids
@@ -174,17 +185,19 @@ def _build_one(path: Path, kind: str, tokenizer) -> None:
     Qwen3TTSForConditionalGeneration(config).eval().save_pretrained(path)
     Qwen3TTSProcessor(tokenizer=tokenizer).save_pretrained(path)
     _trim_speaker_encoder_config(path / "config.json")
+    # Greedy and short: random weights never say EOS, and greedy makes every
+    # stream reproducible, so server tests can compare concurrent with solo runs.
     generate = {
-        "do_sample": True,
+        "do_sample": False,
         "top_k": 50,
         "top_p": 1.0,
         "temperature": 0.9,
         "repetition_penalty": 1.05,
-        "subtalker_dosample": True,
+        "subtalker_dosample": False,
         "subtalker_top_k": 50,
         "subtalker_top_p": 1.0,
         "subtalker_temperature": 0.9,
-        "max_new_tokens": 2048,
+        "max_new_tokens": TINY_MAX_NEW_TOKENS,
     }
     (path / "generation_config.json").write_text(json.dumps(generate, indent=2))
     _speech_tokenizer(path / "speech_tokenizer")

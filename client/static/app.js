@@ -257,7 +257,9 @@ function updateFigures() {
   const f = utter.fig;
   f.chunks = utter.chunks;
   f.underruns = utter.underruns;
-  if (!f.audioMs) f.audioMs = (utter.pcm.reduce((n, c) => n + c.length, 0) * 1000) / SOURCE_RATE || undefined;
+  // The server's figure once it is done; until then (or when cut) what arrived.
+  const received = (utter.pcm.reduce((n, c) => n + c.length, 0) * 1000) / SOURCE_RATE;
+  f.audioMs = utter.done && !utter.cancelled && utter.serverAudioMs != null ? utter.serverAudioMs : received || undefined;
   showFigures(ui.figures, f);
 }
 
@@ -284,18 +286,15 @@ conn.on('done', (msg) => {
   log('done', { id: msg.id, cancelled: !!msg.cancelled });
   if (!utter || msg.id !== utter.id) return;
   utter.done = true;
-  Object.assign(utter.fig, {
-    serverTtfa: msg.ttfa_ms ?? undefined,
-    rtf: msg.rtf ?? undefined,
-    audioMs: msg.audio_ms ?? undefined,
-  });
+  utter.serverAudioMs = msg.audio_ms;
+  Object.assign(utter.fig, { serverTtfa: msg.ttfa_ms ?? undefined, rtf: msg.rtf ?? undefined });
   if (msg.cancelled) {
     player.stop();
     finishUtterance('Stopped.');
   } else {
     player.end(); // play out the queue; 'drained' finishes the utterance
-    updateFigures();
   }
+  updateFigures();
 });
 
 player.on('audible', (msg) => {

@@ -36,8 +36,7 @@ class _Unavailable(types.ModuleType):
         if attr.startswith("__") and attr.endswith("__"):
             raise AttributeError(attr)
         raise MissingDependency(
-            f"{self.__name__}.{attr} is needed by the Qwen3-TTS 25 Hz tokenizer, "
-            f"which this server does not support ({self.__reason})"
+            f"{self.__name__}.{attr} is needed by the Qwen3-TTS 25 Hz tokenizer, which this server does not support ({self.__reason})"
         )
 
 

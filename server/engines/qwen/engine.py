@@ -105,9 +105,7 @@ class QwenEngine(Engine):
     async def start(self) -> None:
         compat.install()
         self._state = "loading"
-        self.manager = ModelManager(
-            self.sources, device=self.device, dtype=self.dtype, memory_budget_bytes=self._budget
-        )
+        self.manager = ModelManager(self.sources, device=self.device, dtype=self.dtype, memory_budget_bytes=self._budget)
         await asyncio.to_thread(self.manager.preload)
         self._schedulers = {k: Scheduler(k, self.manager, max_active=self.max_active) for k in self.sources}
         self._state = "ready"

@@ -37,9 +37,7 @@ def estimate_bytes(source: str, dtype: torch.dtype) -> int:
     if path is None:
         return _FALLBACK_WEIGHT_BYTES * (torch.finfo(dtype).bits // 8) // 2
     stored = json.loads((path / "config.json").read_text()).get("torch_dtype") or "bfloat16"
-    files = sum(f.stat().st_size for f in path.rglob("*.safetensors")) or sum(
-        f.stat().st_size for f in path.rglob("*.bin")
-    )
+    files = sum(f.stat().st_size for f in path.rglob("*.safetensors")) or sum(f.stat().st_size for f in path.rglob("*.bin"))
     return files * (torch.finfo(dtype).bits // 8) // _DTYPE_BYTES.get(str(stored), 2)
 
 

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from server.text import SentenceBuffer, split_sentences
+
+
+def test_sentences_split_at_end_marks_not_abbreviations() -> None:
+    assert split_sentences("Hello there. Dr. Smith is in! Is it? Yes… ok") == ["Hello there.", "Dr. Smith is in!", "Is it?", "Yes…", "ok"]
+
+
+def test_long_sentences_are_capped_at_clauses_then_words() -> None:
+    pieces = split_sentences("one two three, " * 100, max_chars=60)
+    assert all(len(p) <= 60 for p in pieces)
+    assert " ".join(pieces).split() == ("one two three, " * 100).split()
+
+
+def test_streamed_text_releases_sentences_once_complete() -> None:
+    buffer = SentenceBuffer()
+    released = [s for word in "Hello there. How are you doing today? I am fine".split(" ") for s in buffer.push(word + " ")]
+    assert released == ["Hello there.", "How are you doing today?"]
+    assert buffer.flush() == ["I am fine"]
+
+
+def test_runaway_text_without_punctuation_is_released_in_pieces() -> None:
+    buffer = SentenceBuffer(max_chars=50)
+    released = [s for _ in range(40) for s in buffer.push("word ")]
+    assert released and all(len(s) <= 50 for s in released)
