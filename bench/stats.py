@@ -16,7 +16,7 @@ def percentile(xs: Iterable[float | None], q: float) -> float | None:
     if not data:
         return None
     # "linear" matches what most monitoring tools report for small samples.
-    return round(float(np.percentile(data, q)), 2)
+    return round(float(np.percentile(data, q)), 4)
 
 
 def percentiles(xs: Iterable[float | None], qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float | None]:

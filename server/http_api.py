@@ -66,7 +66,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 async def list_voices(request: Request) -> Response:
     require_token(request)
-    voices = await _state(request).library.list()
+    voices = await _state(request).library.all()
     return JSONResponse({"voices": [v.as_dict() for v in voices]})
 
 
@@ -181,7 +181,7 @@ async def _speech_voice(state: ServerState, name: object, instructions: object) 
         return Voice(design=instructions)
     if not isinstance(name, str) or not name:
         raise BadMessage("'voice' (a saved voice id or name) or 'instructions' (a description) is required")
-    for record in await state.library.list():
+    for record in await state.library.all():
         if name in (record.id, record.name):
             reference = await state.library.reference(record)
             return Voice(design=record.design, reference=reference, voice_id=record.id)

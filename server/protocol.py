@@ -115,7 +115,7 @@ class _Fields:
     def _bad(self, message: str) -> BadMessage:
         return BadMessage(message, id=self.id, ref=self.ref)
 
-    def str(self, key: str, *, required: bool = True, max_len: int | None = None) -> Any:
+    def text(self, key: str, *, required: bool = True, max_len: int | None = None) -> Any:
         value = self.obj.get(key)
         if value is None:
             if required:
@@ -128,18 +128,18 @@ class _Fields:
         return value
 
     def ident(self, key: str) -> str:
-        value: str = self.str(key, max_len=MAX_ID_CHARS)
+        value: str = self.text(key, max_len=MAX_ID_CHARS)
         if not value:
             raise self._bad(f"'{key}' must not be empty")
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.obj.get(key, default)
         if not isinstance(value, bool):
             raise self._bad(f"'{key}' must be true or false")
         return value
 
-    def bytes(self, key: str, *, text_frame: bool) -> bytes:
+    def blob(self, key: str, *, text_frame: bool) -> bytes:
         value = self.obj.get(key)
         if isinstance(value, (bytes, bytearray)):
             return bytes(value)
@@ -161,7 +161,7 @@ def _parse_hello(f: _Fields, text_frame: bool) -> Hello:
     rate = f.obj.get("sample_rate", 24000)
     if rate not in SAMPLE_RATES or isinstance(rate, bool):
         raise BadMessage(f"'sample_rate' must be one of {', '.join(map(str, SAMPLE_RATES))}")
-    return Hello(protocol, f.str("token", required=False, max_len=512), fmt, rate)
+    return Hello(protocol, f.text("token", required=False, max_len=512), fmt, rate)
 
 
 def _parse_voice(f: _Fields) -> VoiceRef:
@@ -183,31 +183,31 @@ def _parse_voice(f: _Fields) -> VoiceRef:
 def _parse_speak(f: _Fields, text_frame: bool) -> Speak:
     return Speak(
         id=f.ident("id"),
-        text=f.str("text"),
+        text=f.text("text"),
         voice=_parse_voice(f),
-        language=f.str("language", required=False, max_len=32) or "auto",
-        final=f.bool("final", True),
+        language=f.text("language", required=False, max_len=32) or "auto",
+        final=f.flag("final", True),
     )
 
 
 def _parse_voice_begin(f: _Fields, text_frame: bool) -> VoiceBegin:
     return VoiceBegin(
         ref=f.ident("ref"),
-        name=f.str("name", required=False, max_len=200),
-        ref_text=f.str("ref_text", required=False, max_len=5000),
-        mime=f.str("mime", required=False, max_len=200),
-        source=f.str("source", required=False, max_len=32),
+        name=f.text("name", required=False, max_len=200),
+        ref_text=f.text("ref_text", required=False, max_len=5000),
+        mime=f.text("mime", required=False, max_len=200),
+        source=f.text("source", required=False, max_len=32),
     )
 
 
 _PARSERS: dict[str, Callable[[_Fields, bool], ClientMessage]] = {
     "hello": _parse_hello,
     "speak": _parse_speak,
-    "text": lambda f, t: Text(f.ident("id"), f.str("text")),
+    "text": lambda f, t: Text(f.ident("id"), f.text("text")),
     "end": lambda f, t: End(f.ident("id")),
     "cancel": lambda f, t: Cancel(f.ident("id")),
     "voice_begin": _parse_voice_begin,
-    "voice_chunk": lambda f, t: VoiceChunk(f.ident("ref"), f.bytes("data", text_frame=t)),
+    "voice_chunk": lambda f, t: VoiceChunk(f.ident("ref"), f.blob("data", text_frame=t)),
     "voice_end": lambda f, t: VoiceEnd(f.ident("ref")),
     "ping": lambda f, t: Ping(f.obj.get("t")),
 }

@@ -16,7 +16,8 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import numpy as np
 
@@ -39,21 +40,21 @@ from .protocol import (
     Cancel,
     ClientMessage,
     End,
+    Frame,
     Hello,
     Ping,
+    Protocol,
     Speak,
     Text,
     VoiceBegin,
     VoiceChunk,
     VoiceEnd,
     VoiceRef,
-    Frame,
-    Protocol,
     error_message,
 )
 from .reference import prepare_reference
-from .state import ServerState
 from .speech import Utterance, speak
+from .state import ServerState
 
 log = logging.getLogger("minestream.session")
 

@@ -89,10 +89,10 @@ class VoiceLibrary:
 
     # --- queries ---------------------------------------------------------
 
-    async def list(self) -> list[VoiceRecord]:
-        return await self._call(self._list)
+    async def all(self) -> list[VoiceRecord]:
+        return await self._call(self._all)
 
-    def _list(self) -> list[VoiceRecord]:
+    def _all(self) -> list[VoiceRecord]:
         rows = self._conn().execute("SELECT * FROM voices ORDER BY created").fetchall()
         return [_record(row) for row in rows]
 

@@ -20,9 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import browser
+import pytest
 
 pytestmark = pytest.mark.skipif(not browser.chromium_available(), reason=browser.skip_reason())
 
@@ -43,14 +42,19 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def chromium(tmp_path_factory: pytest.TempPathFactory):
-    """One browser with a fake microphone that reads about eight seconds of speech."""
-    wav = browser.mic_wav(
+def mic_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About eight seconds of speech: the fake microphone, and a file to upload."""
+    return browser.mic_wav(
         tmp_path_factory.mktemp("mic") / "mic.wav",
         "Hello, this is my own voice. I am reading a few sentences so that the server can learn how I sound. "
         "The birch canoe slid on the smooth planks.",
     )
-    with browser.launch_chromium(wav) as context:
+
+
+@pytest.fixture(scope="module")
+def chromium(mic_file: Path):
+    """One browser whose microphone reads ``mic_file``."""
+    with browser.launch_chromium(mic_file) as context:
         yield context
 
 
@@ -65,6 +69,15 @@ def page(chromium, server):
     assert not errors, errors
 
 
+def sample(page, expression: str, n: int = 8, interval: float = 0.04) -> list[Any]:
+    """Evaluate ``expression`` ``n`` times, ``interval`` seconds apart."""
+    values = []
+    for _ in range(n):
+        values.append(page.evaluate(expression))
+        time.sleep(interval)
+    return values
+
+
 def speak_and_wait(page, text: str, *, timeout: float = 30000) -> dict[str, Any]:
     """Press Ctrl+Enter in the text box and wait until the utterance has played out."""
     page.fill("#text", text)
@@ -72,7 +85,7 @@ def speak_and_wait(page, text: str, *, timeout: float = 30000) -> dict[str, Any]
     page.keyboard.press("Control+Enter")
     # While it plays, the AnalyserNode after the worklet must see real signal.
     page.wait_for_function(f"{LAST} && {LAST}.fig.ttfaHeard !== undefined", timeout=timeout)
-    peaks = [page.evaluate("window.minestream.player.outputPeak()") for _ in range(8) if not time.sleep(0.05)]
+    peaks = sample(page, "window.minestream.player.outputPeak()")
     page.wait_for_function(f"{LAST}.finished", timeout=timeout)
     result = page.evaluate(f"({{ fig: {LAST}.fig, maxPeak: window.minestream.player.stats.maxPeak, id: {LAST}.id }})")
     result["analyserPeak"] = max(peaks)
@@ -91,8 +104,10 @@ def test_page_shows_engine_and_speaks_a_designed_voice(page, server, shots):
     result = speak_and_wait(page, "Hello! The audio starts while the rest is still being generated.")
     fig = result["fig"]
     FIGURES["designed"] = fig
-    print(f"designed voice: TTFA heard {fig['ttfaHeard']:.0f} ms, first chunk {fig['firstChunk']:.0f} ms, "
-          f"server TTFA {fig['serverTtfa']} ms, RTF {fig['rtf']}, chunks {fig['chunks']}, underruns {fig['underruns']}")
+    print(
+        f"designed voice: TTFA heard {fig['ttfaHeard']:.0f} ms, first chunk {fig['firstChunk']:.0f} ms, "
+        f"server TTFA {fig['serverTtfa']} ms, RTF {fig['rtf']}, chunks {fig['chunks']}, underruns {fig['underruns']}"
+    )
     assert result["maxPeak"] > 0.05, "the worklet played no audible samples"
     assert result["analyserPeak"] > 0.01, "the AnalyserNode after the worklet saw silence"
     assert 0 < fig["ttfaHeard"] < 5000
@@ -117,7 +132,7 @@ def test_page_shows_engine_and_speaks_a_designed_voice(page, server, shots):
 
 def test_text_streams_in_word_by_word(page):
     page.check("#stream-demo")
-    result = speak_and_wait(page, "Words arrive one at a time, and speech follows them.")
+    result = speak_and_wait(page, "Words arrive one at a time, then speech.")
     log = page.evaluate("window.minestream.log")
     assert result["maxPeak"] > 0.05
     FIGURES["streamed_text"] = result["fig"]
@@ -158,7 +173,7 @@ def test_record_clone_then_speak_with_it(page, server, shots):
         assert page.evaluate("window.minestream.library.playing") is None
 
         # Rename through the library UI (keyboard: type, Enter).
-        page.click(f"button[aria-label='Rename Test microphone']")
+        page.click("button[aria-label='Rename Test microphone']")
         page.fill(f"#rename-{voice_id}", "Renamed mic")
         page.keyboard.press("Enter")
         page.wait_for_function("document.querySelector('#voices').textContent.includes('Renamed mic')")
@@ -183,7 +198,7 @@ def test_stop_cuts_playback_and_generation(page, shots):
     stopped = time.monotonic()
     page.wait_for_function("window.minestream.player.stats.state === 'idle'", timeout=2000)
     time.sleep(0.1)  # the analyser's window (2048 frames) empties
-    quiet = [page.evaluate("window.minestream.player.outputPeak()") for _ in range(10) if not time.sleep(0.03)]
+    quiet = sample(page, "window.minestream.player.outputPeak()", n=10, interval=0.03)
     assert max(quiet) < 1e-4, f"still playing after Stop: {quiet}"
     assert time.monotonic() - stopped < 1.5
 
@@ -298,6 +313,18 @@ def test_worklet_has_no_clicks_at_seams_or_underruns(page):
     assert "audible" in result["events"] and "underrun" in result["events"], result
 
 
+def test_upload_a_recording(page, server, mic_file):
+    page.fill("#clone-name", "Uploaded file")
+    page.set_input_files("#upload", str(mic_file))
+    page.wait_for_function("document.querySelector('#clone-status').dataset.kind === 'ok'", timeout=20000)
+    voice = next(v for v in server.http().get("/v1/voices").json()["voices"] if v["name"] == "Uploaded file")
+    try:
+        assert voice["kind"] == "clone" and voice["duration_ms"] > 3000
+        page.wait_for_selector(f"#voices input[value='{voice['id']}']:checked")
+    finally:
+        server.http().delete(f"/v1/voices/{voice['id']}")
+
+
 def test_save_designed_voice_to_library(page, server):
     page.fill("#design", "An old sailor with a deep, gravelly voice.")
     page.fill("#design-name", "Old sailor")
@@ -314,11 +341,13 @@ def test_save_designed_voice_to_library(page, server):
         server.http().delete(f"/v1/voices/{voice['id']}")
 
 
-def test_token_prompt_when_the_server_needs_one(chromium, server_factory, shots):
+def test_token_prompt_when_the_server_needs_one(server_factory, shots):
     """No token: the page asks for one, keeps it, and connects; ?token= in the URL is taken and hidden."""
     live = server_factory(token="page-secret")
-    page = chromium.new_page()
-    try:
+    # A browser of its own, closed before the server stops: a browser still
+    # holding keep-alive TLS connections makes the server's shutdown wait.
+    with browser.launch_chromium(None) as context:
+        page = context.new_page()
         page.goto(live.base_url + "/")
         page.wait_for_selector("#token-form:not([hidden])", timeout=15000)
         assert page.get_attribute("#conn", "data-state") == "unauthorized"
@@ -335,6 +364,3 @@ def test_token_prompt_when_the_server_needs_one(chromium, server_factory, shots)
         page.wait_for_function(READY, timeout=15000)
         assert "token" not in page.url
         assert page.evaluate("localStorage.getItem('minestream.token')") == "page-secret"
-    finally:
-        page.evaluate("localStorage.clear()")
-        page.close()

@@ -95,11 +95,11 @@ async def test_cancel_mid_stream_ends_audio_at_once(server: LiveServer) -> None:
 async def test_text_streams_in_and_is_spoken_sentence_by_sentence(server: LiveServer) -> None:
     async with await server.client() as client:
         speech = await client.speak("", design="warm narrator", final=False)
-        for word in "Hello there, this is the first sentence. ".split(" "):
+        for word in ["Hello", "there,", "this", "is", "the", "first", "sentence.", ""]:
             await speech.send(word + " ")
         chunks = speech.__aiter__()
         first = await chunks.__anext__()  # audio before the text is over
-        for word in "And this second sentence comes later".split(" "):
+        for word in ["And", "this", "second", "sentence", "comes", "later"]:
             await speech.send(word + " ")
         await speech.end()
         async for _ in chunks:

@@ -15,7 +15,7 @@ def test_long_sentences_are_capped_at_clauses_then_words() -> None:
 
 def test_streamed_text_releases_sentences_once_complete() -> None:
     buffer = SentenceBuffer()
-    released = [s for word in "Hello there. How are you doing today? I am fine".split(" ") for s in buffer.push(word + " ")]
+    released = [s for word in ["Hello", "there.", "How", "are", "you", "doing", "today?", "I", "am", "fine"] for s in buffer.push(word + " ")]
     assert released == ["Hello there.", "How are you doing today?"]
     assert buffer.flush() == ["I am fine"]
 

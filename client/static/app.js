@@ -62,6 +62,7 @@ const debug = { log: [], utterances: [] };
 window.minestream = debug;
 function log(kind, fields = {}) {
   debug.log.push({ t: performance.now(), kind, ...fields });
+  if (debug.log.length > 5000) debug.log.splice(0, 1000); // a long session stays small
 }
 
 // --- connection --------------------------------------------------------------

@@ -30,6 +30,7 @@ class PlayerProcessor extends AudioWorkletProcessor {
     this.id = null;
     this.ended = false; // no more samples will come for this utterance
     this.fadeIn = 0; // frames of fade-in still to apply
+    this.tail = null; // faded-out end of an utterance cut by the next one
     this.quanta = 0;
     this.resetCounters();
     this.port.onmessage = (e) => this.onMessage(e.data);
@@ -47,6 +48,14 @@ class PlayerProcessor extends AudioWorkletProcessor {
   onMessage(msg) {
     switch (msg.type) {
       case 'begin':
+        // A new utterance while one plays (Speak pressed again): fade the old
+        // one's next few milliseconds out instead of cutting it dead.
+        if (this.state === 'playing' || this.state === 'stopping') {
+          const tail = new Float32Array(this.fadeFrames);
+          const got = this.read(tail, 0, this.fadeFrames);
+          this.fade(tail, 0, got, 1, 0);
+          this.tail = tail.subarray(0, got);
+        }
         this.clear();
         this.resetCounters();
         this.id = msg.id;
@@ -124,6 +133,11 @@ class PlayerProcessor extends AudioWorkletProcessor {
     }
 
     this.meter(out);
+    if (this.tail) {
+      // Mixed in after metering: the old utterance's tail is not the new one's first sound.
+      for (let i = 0; i < Math.min(n, this.tail.length); i++) out[i] += this.tail[i];
+      this.tail = null;
+    }
     if (++this.quanta % STATS_EVERY === 0 && this.state !== 'idle') this.postStats();
     return true; // stay alive for the next utterance
   }

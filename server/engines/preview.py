@@ -61,19 +61,18 @@ def _render(voice: Any, text: str, style: Style) -> np.ndarray:
     pieces = [chunk.audio_float_array for chunk in voice.synthesize(text, syn_config=config)]
     if not pieces:
         return np.zeros(0, dtype=np.float32)
-    audio = np.concatenate(pieces).astype(np.float32)
     rate = voice.config.sample_rate
-    audio = soxr.resample(audio, rate * style.pitch, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    audio: np.ndarray = soxr.resample(np.concatenate(pieces), rate * style.pitch, SAMPLE_RATE, quality="HQ").astype(np.float32)
     if style.whisper:
         audio = _whisper(audio)
-    return np.clip(audio * min(1.0, 0.9 * style.energy), -1.0, 1.0)
+    return np.clip(audio * min(1.0, 0.9 * style.energy), -1.0, 1.0).astype(np.float32)
 
 
 def _whisper(audio: np.ndarray) -> np.ndarray:
     """Breath instead of voice: noise shaped by the speech envelope, a trace of the voice left."""
     envelope = np.convolve(np.abs(audio), np.ones(240) / 240, mode="same")
-    noise = np.random.default_rng(0).standard_normal(len(audio)).astype(np.float32)
-    noise = np.convolve(noise, [0.5, -0.5], mode="same")
+    white = np.random.default_rng(0).standard_normal(len(audio))
+    noise = np.convolve(white, [0.5, -0.5], mode="same")  # tilted towards hiss
     return (0.25 * audio + 1.6 * envelope * noise).astype(np.float32)
 
 

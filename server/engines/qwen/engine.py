@@ -158,6 +158,7 @@ class QwenEngine(Engine):
         lang = self._language(tts, language)
         if kind == "design":
             return capture_prompt(tts, "generate_voice_design", text=text, instruct=voice.design, language=lang, **sampling)
+        assert voice.reference is not None, "clone requests carry a reference"
         items = self._clone_items(tts, voice.reference)
         return capture_prompt(tts, "generate_voice_clone", text=text, language=lang, voice_clone_prompt=items, **sampling)
 

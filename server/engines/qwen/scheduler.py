@@ -48,8 +48,9 @@ class Job:
         self.loop = loop
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.cancelled = threading.Event()
-        self.state: StreamState | None = None
-        self.codec: CodecStream | None = None
+        # Both are made by start() on the model's thread, before any step.
+        self.state: StreamState = None  # type: ignore[assignment]
+        self.codec: CodecStream = None  # type: ignore[assignment]
         self.sent_first = False
         self.pushed = 0
 

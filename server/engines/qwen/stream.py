@@ -133,7 +133,8 @@ class StreamState:
     past_hidden: torch.Tensor | None = None
     generation_step: int = 0
     position: int = 0
-    tokens: torch.Tensor | None = None  # first-codebook tokens sampled so far, (1, n)
+    tokens: torch.Tensor = field(default_factory=lambda: torch.empty((1, 0), dtype=torch.long))
+    """First-codebook tokens sampled so far, (1, n); prefill puts it on the model's device."""
     frames: list[torch.Tensor] = field(default_factory=list)
     done: bool = False
     processors: LogitsProcessorList = field(default_factory=LogitsProcessorList)
@@ -181,6 +182,7 @@ class Talker:
     def _step_one(self, state: StreamState) -> None:
         kw = state.prompt.talker_kwargs
         token = state.tokens[:, -1:]
+        assert state.attention_mask is not None, "prefill() sets the mask"
         state.attention_mask = torch.cat([state.attention_mask, state.attention_mask.new_ones((1, 1))], dim=1)
         self.talker.rope_deltas = state.rope_deltas  # upstream keeps it per call on the module
         out = self.talker(
@@ -208,7 +210,7 @@ class Talker:
         self._sample(state, out.logits)
 
     def _sample(self, state: StreamState, logits: torch.Tensor) -> None:
-        scores = state.processors(state.tokens, logits[:, -1, :].to(dtype=torch.float32))
+        scores = state.processors(state.tokens, logits[:, -1, :].to(dtype=torch.float32))  # type: ignore[arg-type]
         if state.prompt.talker_kwargs.get("do_sample"):
             token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
         else:

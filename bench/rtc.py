@@ -1,0 +1,448 @@
+"""WebRTC benchmark, and the aiortc client the tests share.
+
+    python -m bench.rtc --url https://127.0.0.1:8443 --ca certs/ca.pem [--repeat 20] [--sessions 4]
+
+The server must run with ``--ice-host 127.0.0.1``: the client gathers on
+127.0.0.1 only and never offers or contacts another address. Measured:
+
+* TTFA as heard: ``speak`` sent -> first non-silent sample returned by the
+  client's receiving track (after aiortc's receive jitter buffer, as a player
+  would get it). The same figure over the WebSocket (first non-silent sample
+  of the first ``audio`` message) is measured against the same server.
+* uplink latency: a sample handed to the client's microphone track -> that
+  sample in the server's recording, from the server's ``progress`` messages
+  (each says how much is recorded) minus half the data-channel round trip.
+* server CPU per session: the server process's CPU while N sessions each
+  hold a connected peer and speak, per session, as a share of one core.
+
+Results are printed and written to the "WebRTC" section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fractions
+import itertools
+import json
+import re
+import ssl
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import msgpack
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from client import Client, ssl_context
+from server.rtc import restrict_host_candidates
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+RATE = 48000
+FRAME = RATE // 50
+SILENT = 1e-3  # |sample| above this (float) is not silence: -60 dBFS
+TEXT = "Hello there, how are you today?"
+DESIGN = "a warm, calm narrator"
+
+
+# --- the microphone: a paced track that plays what it is given ------------------
+
+
+class MicTrack(MediaStreamTrack):
+    """20 ms frames at real pace: silence, or the samples given to ``play``."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = np.zeros(0, np.int16)
+        self._start: float | None = None
+        self._sent = 0
+        self.sent_at: list[tuple[float, int]] = []
+        """(time a frame was handed to aiortc, samples of ``play`` audio sent before it)."""
+        self._played = 0
+
+    def play(self, pcm: np.ndarray) -> None:
+        self._pending = np.concatenate([self._pending, to_int16(pcm)])
+
+    @property
+    def playing(self) -> bool:
+        return len(self._pending) > 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + self._sent * FRAME / RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        chunk, self._pending = self._pending[:FRAME], self._pending[FRAME:]
+        self.sent_at.append((time.monotonic(), self._played))
+        self._played += len(chunk)
+        samples = np.zeros(FRAME, np.int16)
+        samples[: len(chunk)] = chunk
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = RATE, self._sent * FRAME, fractions.Fraction(1, RATE)
+        self._sent += 1
+        return frame
+
+
+def to_int16(pcm: np.ndarray) -> np.ndarray:
+    if pcm.dtype == np.int16:
+        return pcm
+    return (np.clip(pcm, -1, 1) * 32767).round().astype(np.int16)
+
+
+def read_wav_48k(path: Path) -> np.ndarray:
+    """Any audio file as float32 mono 48 kHz."""
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        parts = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for f in resampler.resample(frame)]
+        parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+# --- what the client hears ----------------------------------------------------------
+
+
+@dataclass
+class Heard:
+    """Every frame the receiving track returned: when, and its mono samples."""
+
+    times: list[float] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, frame: av.AudioFrame) -> None:
+        self.times.append(time.monotonic())
+        data = frame.to_ndarray().reshape(-1)
+        channels = len(frame.layout.channels)
+        mono = data.reshape(-1, channels)[:, 0] if channels > 1 else data
+        self.frames.append(mono.astype(np.float32) / 32768.0)
+
+    def first_sound_after(self, t: float) -> float | None:
+        """When the first frame with a non-silent sample, received after ``t``, arrived."""
+        for when, samples in zip(self.times, self.frames):
+            if when >= t and np.abs(samples).max() > SILENT:
+                return when
+        return None
+
+    def since(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """(arrival times, frames) of everything received after ``t``."""
+        start = next((i for i, when in enumerate(self.times) if when >= t), len(self.times))
+        return np.array(self.times[start:]), np.array(self.frames[start:]) if start < len(self.frames) else np.zeros((0, FRAME))
+
+
+# --- the client ------------------------------------------------------------------
+
+
+class RtcClient:
+    """Protocol v1 over a WebRTC data channel; speech arrives on the track."""
+
+    def __init__(self, pc: RTCPeerConnection, mic: MicTrack) -> None:
+        self.pc = pc
+        self.mic = mic
+        self.heard = Heard()
+        self.messages: list[dict[str, Any]] = []
+        self.session: str | None = None
+        self.ready: dict[str, Any] = {}
+        self.binary = True
+        self.channel: Any = None
+        self._waiters: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
+        self._ids = itertools.count()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def connect(cls, url: str, *, ca: str | Path | ssl.SSLContext, token: str | None = None,
+                      binary: bool = True, offer: dict[str, Any] | None = None) -> RtcClient:
+        restrict_host_candidates(["127.0.0.1"])
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # none: aiortc would ask Google's STUN
+        client = cls(pc, MicTrack())
+        client.binary = binary
+        try:
+            await client._negotiate(url, ca, token, offer or {})
+            await client.hello(token)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def _negotiate(self, url: str, ca: str | Path | ssl.SSLContext, token: str | None, extra: dict[str, Any]) -> None:
+        self.pc.addTransceiver(self.mic, direction="sendrecv")
+        self.channel = self.pc.createDataChannel("control")
+        opened = asyncio.get_running_loop().create_future()
+        self.channel.on("open", lambda: opened.done() or opened.set_result(None))
+        self.channel.on("message", self._on_message)
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            self._tasks.append(asyncio.create_task(self._listen(track)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", **extra}
+        if token is not None:
+            body["token"] = token
+        verify = ca if isinstance(ca, ssl.SSLContext) else ssl_context(ca)
+        async with httpx.AsyncClient(verify=verify, timeout=30) as http:
+            response = await http.post(f"{url}/v1/rtc/offer", json=body)
+        if response.status_code != 200:
+            raise OfferRefused(response.status_code, response.text)
+        answer = response.json()
+        self.session = answer.get("session")
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        await asyncio.wait_for(opened, 20)
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                self.heard.add(await track.recv())
+
+    def _on_message(self, frame: bytes | str) -> None:
+        message = msgpack.unpackb(frame) if isinstance(frame, bytes) else json.loads(frame)
+        message["_at"] = time.monotonic()
+        self.messages.append(message)
+        for waiter in list(self._waiters):
+            match, future = waiter
+            if match(message) and not future.done():
+                future.set_result(message)
+                self._waiters.remove(waiter)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.send(msgpack.packb(message, use_bin_type=True) if self.binary else json.dumps(message))
+
+    async def wait_for(self, match: Any, timeout: float = 30) -> dict[str, Any]:
+        """The first message (already received or to come) for which ``match`` is true."""
+        for message in self.messages:
+            if match(message):
+                return message
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.append((match, future))
+        return await asyncio.wait_for(future, timeout)
+
+    async def hello(self, token: str | None) -> None:
+        hello: dict[str, Any] = {"type": "hello", "protocol": 1}
+        if token is not None:
+            hello["token"] = token
+        self.send(hello)
+        self.ready = await self.wait_for(lambda m: m["type"] in ("ready", "error"))
+        if self.ready["type"] != "ready":
+            raise RuntimeError(f"hello refused: {self.ready}")
+
+    def speak(self, text: str, *, design: str | None = DESIGN, voice_id: str | None = None) -> tuple[str, float]:
+        uid = f"u{next(self._ids)}"
+        voice = {"design": design} if voice_id is None else {"voice_id": voice_id}
+        sent = time.monotonic()
+        self.send({"type": "speak", "id": uid, "text": text, "voice": voice})
+        return uid, sent
+
+    async def done(self, uid: str, timeout: float = 60) -> dict[str, Any]:
+        return await self.wait_for(lambda m: m["type"] == "done" and m.get("id") == uid, timeout)
+
+    async def ping(self) -> float:
+        """Data-channel round trip in seconds."""
+        t = next(self._ids)
+        sent = time.monotonic()
+        self.send({"type": "ping", "t": t})
+        pong = await self.wait_for(lambda m: m["type"] == "pong" and m.get("t") == t)
+        return pong["_at"] - sent
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.mic.stop()
+        await self.pc.close()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class OfferRefused(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"{status}: {body[:300]}")
+        self.status = status
+        self.body = body
+
+
+# --- measurements ------------------------------------------------------------------
+
+
+async def ttfa_heard_rtc(client: RtcClient, text: str) -> tuple[float, float]:
+    """(TTFA as heard, server TTFA) in ms for one utterance."""
+    await asyncio.sleep(0.3)  # let the previous utterance's tail play out
+    uid, sent = client.speak(text)
+    done = await client.done(uid)
+    heard = client.heard.first_sound_after(sent)
+    assert heard is not None, "no sound received"
+    return (heard - sent) * 1000, float(done["ttfa_ms"])
+
+
+async def ttfa_heard_ws(ws: Client, text: str) -> tuple[float, float]:
+    speech = await ws.speak(text, design=DESIGN)
+    first: float | None = None
+    async for chunk in speech:
+        samples = np.frombuffer(chunk.data, "<i2").astype(np.float32) / 32768
+        if first is None and np.abs(samples).max() > SILENT:
+            first = chunk.received
+    assert first is not None and speech.done is not None
+    return (first - speech.sent) * 1000, float(speech.done["ttfa_ms"])
+
+
+async def uplink_ms(client: RtcClient, speech: np.ndarray) -> float:
+    """Median of (progress arrival - when the reported sample was sent - one-way DC delay)."""
+    one_way = statistics.median([await client.ping() for _ in range(5)]) / 2
+    ref = f"up{next(client._ids)}"
+    client.send({"type": "voice_begin", "ref": ref, "source": "rtc"})
+    client.mic.play(speech[: 3 * RATE])
+    base = len(client.mic.sent_at)
+    delays = []
+    seen = 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(delays) < 10:
+        progress = await client.wait_for(lambda m: m.get("ref") == ref and m["type"] == "progress" and m["decoded_ms"] > seen, 5)
+        seen = progress["decoded_ms"]
+        # The recorded audio starts with the first `play` sample (voice_begin
+        # reaches the server before it); find when sample `seen` was handed over.
+        target = seen * RATE // 1000
+        for when, played in client.mic.sent_at[base:]:
+            if played + FRAME > target:
+                delays.append((progress["_at"] - one_way - when) * 1000 - (target - played) * 1000 / RATE)
+                break
+    client.send({"type": "voice_end", "ref": ref})
+    with contextlib.suppress(asyncio.TimeoutError):
+        await client.wait_for(lambda m: m.get("ref") == ref and m["type"] in ("voice", "error"), 10)
+    return statistics.median(delays)
+
+
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def server_pid(port: int) -> int | None:
+    import psutil
+
+    for conn in psutil.net_connections("tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == "LISTEN" and conn.pid:
+            return conn.pid
+    return None
+
+
+async def cpu_per_session(url: str, ca: str, token: str | None, sessions: int, seconds: float) -> dict[str, float]:
+    """Server CPU (share of one core) per session: idle peers, then all speaking."""
+    pid = server_pid(int(re.search(r":(\d+)", url.split("//", 1)[1]).group(1)))  # type: ignore[union-attr]
+    if pid is None:
+        return {}
+    clients = [await RtcClient.connect(url, ca=ca, token=token) for _ in range(sessions)]
+    try:
+        await asyncio.sleep(1)
+        idle = await _cpu_share(pid, seconds)
+        long_text = " ".join([TEXT] * 6)
+        ids = [c.speak(long_text)[0] for c in clients]
+        speaking = await _cpu_share(pid, seconds)
+        for c, uid in zip(clients, ids):
+            c.send({"type": "cancel", "id": uid})
+        return {"idle": idle / sessions, "speaking": speaking / sessions}
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def _cpu_share(pid: int, seconds: float) -> float:
+    start_cpu, start = _cpu_seconds(pid), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (_cpu_seconds(pid) - start_cpu) / (time.monotonic() - start)
+
+
+# --- the run ------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def run(args: argparse.Namespace) -> str:
+    rtc = await RtcClient.connect(args.url, ca=args.ca, token=args.token)
+    try:
+        await asyncio.sleep(0.5)
+        rtc_runs = [await ttfa_heard_rtc(rtc, args.text) for _ in range(args.repeat)]
+        speech = read_wav_48k(Path(args.wav)) if args.wav else _tone()
+        uplink = [await uplink_ms(rtc, speech) for _ in range(3)]
+    finally:
+        await rtc.close()
+    ws_url = args.url.replace("https://", "wss://") + "/v1/stream"
+    async with await Client.connect(ws_url, ca=args.ca, token=args.token) as ws:
+        ws_runs = [await ttfa_heard_ws(ws, args.text) for _ in range(args.repeat)]
+    cpu = await cpu_per_session(args.url, args.ca, args.token, args.sessions, args.cpu_seconds)
+    return report(args, rtc_runs, ws_runs, uplink, cpu)
+
+
+def _tone() -> np.ndarray:
+    t = np.arange(3 * RATE) / RATE
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def report(args: argparse.Namespace, rtc: list[tuple[float, float]], ws: list[tuple[float, float]],
+           uplink: list[float], cpu: dict[str, float]) -> str:
+    def row(name: str, runs: list[tuple[float, float]]) -> str:
+        heard, server = [r[0] for r in runs], [r[1] for r in runs]
+        return (f"| {name} | {statistics.median(heard):.0f} | {pct(heard, 0.95):.0f} | "
+                f"{statistics.median(server):.0f} | {statistics.median(heard) - statistics.median(server):.0f} |")
+
+    lines = [
+        f"Preview engine on loopback, {args.repeat} utterances of \"{args.text}\" per transport, "
+        "one session at a time; `python -m bench.rtc`.",
+        "",
+        "| transport | TTFA heard p50 ms | p95 ms | server TTFA p50 ms | transport + buffering ms |",
+        "|---|---:|---:|---:|---:|",
+        row("WebRTC (aiortc client, default jitter buffer)", rtc),
+        row("WebSocket (first non-silent audio message)", ws),
+        "",
+        f"Uplink latency (microphone track -> server recording): median {statistics.median(uplink):.0f} ms "
+        f"(runs: {', '.join(f'{u:.0f}' for u in uplink)}).",
+    ]
+    if cpu:
+        lines.append(f"Server CPU per WebRTC session ({args.sessions} sessions, share of one core): "
+                     f"idle {100 * cpu['idle']:.1f} %, speaking {100 * cpu['speaking']:.1f} % "
+                     "(speaking includes synthesis by the preview engine).")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(text: str) -> None:
+    section = "## WebRTC\n\n" + text.strip() + "\n"
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(r"^## WebRTC\n.*?(?=^## |\Z)", re.S | re.M)
+    new = pattern.sub(lambda _: section + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(new.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.rtc", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True, help="https://127.0.0.1:PORT of a server run with --ice-host 127.0.0.1")
+    parser.add_argument("--ca", required=True, help="the server's CA (certs/ca.pem)")
+    parser.add_argument("--token")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--text", default=TEXT)
+    parser.add_argument("--wav", help="speech for the microphone (default: a tone)")
+    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--cpu-seconds", type=float, default=5.0)
+    parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    args = parser.parse_args()
+    text = asyncio.run(run(args))
+    print(text)
+    if not args.no_write:
+        write_results(text)
+
+
+if __name__ == "__main__":
+    main()

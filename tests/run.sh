@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): sets up everything the suite needs on a
+# fresh machine, then runs it. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System tools: the browser for the page tests, speech and sound tools for test audio.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+command -v sox >/dev/null || missing+=(sox)
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" fonts-dejavu-core
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
+# torch first and pinned (a bare requirement pulls the CUDA build); nothing
+# installed after it may replace it, hence the constraint below.
+.venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" install "torch==${TORCH_VERSION:-2.13.0}"
+torch_version=$(.venv/bin/python -c "import torch; print(torch.__version__)")
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+echo "torch==${torch_version}" >"$constraints"
+# qwen-tts without its declared dependencies (torchaudio, gradio...; see pyproject's qwen extra).
+"${pip[@]}" install --no-deps qwen-tts==0.1.1
+"${pip[@]}" install -c "$constraints" -e ".[test,rtc,qwen]"
+
+.venv/bin/python -m ruff check server client bench tests
+.venv/bin/python -m mypy
+exec .venv/bin/python -m pytest "$@"
