@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The core issue's figure: median TTFA over 20 short sentences, one session, back to back.
     "core": {"levels": "1", "model": "saturation", "sentences": "short", "count": 20, "warmup": 1.0, "voices": "design", "duration": 60.0},
     # The published ramp: listeners, every sentence class, designed and cloned voices.
-    "ramp": {"levels": ",".join(map(str, RAMP)), "model": "listeners", "duration": 20.0, "warmup": 4.0},
+    "ramp": {"levels": ",".join(map(str, RAMP)), "model": "listeners", "duration": 40.0, "warmup": 5.0},
     # A few seconds, to see that everything works.
     "quick": {"levels": "1,2", "duration": 4.0, "warmup": 0.5, "grace": 10.0},
 }
@@ -49,8 +49,8 @@ def parser() -> argparse.ArgumentParser:
     add("--levels", help=f"comma-separated concurrency levels (ramp default {','.join(map(str, RAMP))})")
     add("--level", type=int, help="one fixed level (same as --levels N)")
     add("--model", "--load", dest="model", choices=("listeners", "saturation"), default="listeners")
-    add("--duration", type=float, default=20.0, help="seconds per level during which new utterances start")
-    add("--warmup", type=float, default=4.0, help="seconds at the start of each level left out of the figures")
+    add("--duration", type=float, default=40.0, help="seconds per level during which new utterances start")
+    add("--warmup", type=float, default=5.0, help="seconds at the start of each level left out of the figures")
     add("--count", type=int, help="end a level once this many measured utterances are done")
     add("--sentences", default="short,medium,long", help="sentence classes to speak")
     add("--voices", choices=("design", "clone", "both"), default="both", help="designed voices, a cloned voice, or sessions alternating")

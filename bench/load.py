@@ -97,6 +97,7 @@ def record(state: _State, session: int, voice: VoiceSpec, item: Item, outcome: O
         "server_ttfa_ms": done.get("ttfa_ms"),
         "rtf": done.get("rtf"),
         "audio_ms": round(player.audio_s * 1000, 1),
+        "last_ms": _ms(player.last_arrival, sent),
         "play_end_ms": _ms(player.end, sent),
         "underruns": player.underruns,
         "starved_ms": round(player.starved_s * 1000, 1),

@@ -34,6 +34,7 @@ class Player:
     end: float | None = None
     """When the audio received so far finishes playing."""
     first_arrival: float | None = None
+    last_arrival: float | None = None
     heard: float | None = None
     """When the first sample above -40 dBFS is played (with no jitter buffer)."""
     samples: int = 0
@@ -60,6 +61,7 @@ class Player:
         if self.heard is None:
             self._hear(received, pcm)
         self._dry_end = max(self._dry_end, received) + duration
+        self.last_arrival = received
         self.end += duration
         self.samples += n
 

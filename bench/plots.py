@@ -25,6 +25,12 @@ def _series(levels: list[dict[str, Any]], *path: str) -> list[float | None]:
     return out
 
 
+def _plain() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda y, _: f"{y:g}")
+
+
 def _axis(ax: Any, xs: list[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs)
@@ -45,7 +51,9 @@ def ttfa_plot(doc: dict[str, Any], path: Path) -> Path:
     ax.axhline(doc["config"]["target_ms"], color="red", lw=1, alpha=0.6, label=f"target {doc['config']['target_ms']:.0f} ms")
     _axis(ax, xs)
     ax.set_yscale("log")
-    ax.set_ylabel("ms")
+    ax.yaxis.set_major_formatter(_plain())
+    ax.yaxis.set_minor_formatter(_plain())
+    ax.set_ylabel("ms (log scale)")
     ax.set_title(f"Time to first audio, {doc['config']['model']} over {doc['config']['transport']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -62,10 +70,12 @@ def underrun_plot(doc: dict[str, Any], path: Path) -> Path:
     rate = [v or 0.0 for v in _series(levels, "underruns", "per_min")]
     ax.plot(xs, rate, "o-", color="tab:red", label="underrun events per minute of audio")
     ax.set_ylabel("events / min")
+    ax.set_ylim(bottom=0, top=max(1.0, max(rate) * 1.15))
     _axis(ax, xs)
     twin = ax.twinx()
     twin.plot(xs, [v or 0.0 for v in _series(levels, "audio_per_wall_s")], "s--", color="tab:blue", label="audio s per wall s")
     twin.set_ylabel("audio seconds per wall second")
+    twin.set_ylim(bottom=0)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     labels = ax.get_legend_handles_labels()[1] + twin.get_legend_handles_labels()[1]
     ax.legend(handles, labels, fontsize=8, loc="upper left")

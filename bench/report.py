@@ -19,6 +19,11 @@ def summarize(level: Level, config: LoadConfig) -> dict[str, Any]:
     measured = [s for s in level.samples if s.get("measured")]
     good = [s for s in measured if not s.get("error")]
     audio_s = sum(s.get("audio_ms") or 0 for s in good) / 1000
+    # Throughput counts audio whose last chunk arrived inside the window, so
+    # long texts started near the end are not credited with audio made later.
+    lo, hi = config.warmup_s, config.warmup_s + level.window_s
+    made_s = sum((s.get("audio_ms") or 0) for s in level.samples if not s.get("error") and s.get("last_ms") is not None
+                 and lo <= s["t"] + s["last_ms"] / 1000 <= hi) / 1000
     events = sum(s.get("underruns", 0) for s in good)
     errors = Counter(str(s["error"]) for s in measured if s.get("error"))
     summary: dict[str, Any] = {
@@ -31,7 +36,7 @@ def summarize(level: Level, config: LoadConfig) -> dict[str, Any]:
         "server_ttfa_ms": stats.percentiles(s.get("server_ttfa_ms") for s in good),
         "rtf": {**stats.percentiles((s.get("rtf") for s in good), (50, 95)), "max": max(stats.values(s.get("rtf") for s in good), default=None)},
         "audio_s": round(audio_s, 2),
-        "audio_per_wall_s": round(audio_s / level.window_s, 2),
+        "audio_per_wall_s": round(made_s / level.window_s, 2),
         "underruns": {
             "events": events,
             "per_min": round(events / (audio_s / 60), 3) if audio_s else None,

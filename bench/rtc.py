@@ -129,16 +129,19 @@ class Heard:
         self.frames.append(mono.astype(np.float32) / 32768.0)
 
     def first_sound_after(self, t: float) -> float | None:
-        """When the first frame with a non-silent sample, received after ``t``, arrived."""
+        """When the first non-silent sample received after ``t`` plays, if played on arrival."""
         for when, samples in zip(self.times, self.frames):
-            if when >= t and np.abs(samples).max() > SILENT:
-                return when
+            if when >= t:
+                loud = np.flatnonzero(np.abs(samples) > SILENT)
+                if len(loud):
+                    return when + loud[0] / RATE
         return None
 
-    def since(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """(arrival times, frames) of everything received after ``t``."""
+    def since(self, t: float) -> tuple[list[float], np.ndarray]:
+        """Arrival times and the samples of everything received after ``t``."""
         start = next((i for i, when in enumerate(self.times) if when >= t), len(self.times))
-        return np.array(self.times[start:]), np.array(self.frames[start:]) if start < len(self.frames) else np.zeros((0, FRAME))
+        frames = self.frames[start:]
+        return self.times[start:], np.concatenate(frames) if frames else np.zeros(0, np.float32)
 
 
 # --- the client ------------------------------------------------------------------
@@ -288,9 +291,9 @@ async def ttfa_heard_ws(ws: Client, text: str) -> tuple[float, float]:
     speech = await ws.speak(text, design=DESIGN)
     first: float | None = None
     async for chunk in speech:
-        samples = np.frombuffer(chunk.data, "<i2").astype(np.float32) / 32768
-        if first is None and np.abs(samples).max() > SILENT:
-            first = chunk.received
+        loud = np.flatnonzero(np.abs(np.frombuffer(chunk.data, "<i2").astype(np.float32) / 32768) > SILENT)
+        if first is None and len(loud):
+            first = chunk.received + loud[0] / ws.sample_rate
     assert first is not None and speech.done is not None
     return (first - speech.sent) * 1000, float(speech.done["ttfa_ms"])
 

@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         ws_max_size=2 * settings.limits.max_message_bytes + 65536,
         log_level=log_level,
         lifespan="on",
+        # A browser keeps idle TLS connections open; don't wait on them to stop.
+        timeout_graceful_shutdown=3,
     )
 
 

@@ -267,9 +267,7 @@ class Session:
             raise LimitExceeded(f"text is longer than {self.limits.max_text_chars} characters")
         if speak.final and not speak.text.strip():
             raise BadMessage("'text' is empty")
-        languages = [language.lower() for language in self.engine.info.languages]
-        wanted = speak.language.lower()
-        if wanted != "auto" and wanted not in languages and wanted.split("-")[0] not in languages:
+        if not self.engine.speaks(speak.language):
             raise Unavailable(f"this engine speaks {', '.join(self.engine.info.languages)} (or 'auto'), not {speak.language!r}")
 
     async def _resolve(self, ref: VoiceRef) -> Voice:

@@ -9,6 +9,7 @@ import re
 _END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|[。！？]")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "no", "mt"}
 _CLAUSE = re.compile(r"(?<=[,;:—])\s+")
+_FIRST_CLAUSE_WORDS = 3
 
 
 def _ends_with_abbreviation(text: str) -> bool:
@@ -64,21 +65,37 @@ class SentenceBuffer:
     """Collects streamed text and releases each sentence once it is complete.
 
     A sentence is complete once its end mark is followed by whitespace: "Hi."
-    alone may still become "Hi.5", but "Hi. " is done.
+    alone may still become "Hi.5", but "Hi. " is done. Until the first piece is
+    out, a clause ("Well, I think", then a comma and a space) is enough: the
+    listener hears something sooner, and later pieces have time to arrive
+    while it plays.
     """
 
     def __init__(self, max_chars: int = 400) -> None:
         self.max_chars = max_chars
         self._pending = ""
+        self._started = False
 
     def push(self, text: str) -> list[str]:
         sentences, self._pending = _complete(self._pending + text)
+        if not sentences and not self._started:
+            sentences = self._first_clause()
         if len(self._pending) > self.max_chars:
             # Runaway text without punctuation: release all but the last word.
             head, _, tail = self._pending.rpartition(" ")
             sentences.append(head.strip())
             self._pending = tail
-        return [piece for s in sentences if s for piece in _cap(s, self.max_chars)]
+        released = [piece for s in sentences if s for piece in _cap(s, self.max_chars)]
+        self._started = self._started or bool(released)
+        return released
+
+    def _first_clause(self) -> list[str]:
+        for match in _CLAUSE.finditer(self._pending):
+            head = self._pending[: match.start()]
+            if len(head.split()) >= _FIRST_CLAUSE_WORDS:
+                self._pending = self._pending[match.end() :]
+                return [head.strip()]
+        return []
 
     def flush(self) -> list[str]:
         text, self._pending = self._pending, ""

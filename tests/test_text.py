@@ -20,6 +20,14 @@ def test_streamed_text_releases_sentences_once_complete() -> None:
     assert buffer.flush() == ["I am fine"]
 
 
+def test_first_clause_is_released_early_later_ones_wait_for_the_sentence() -> None:
+    buffer = SentenceBuffer()
+    assert buffer.push("Yes, ") == []  # too short a clause to say alone
+    assert buffer.push("well I think so, ") == ["Yes, well I think so,"]
+    assert buffer.push("and then, ") == []
+    assert buffer.push("we go home. ") == ["and then, we go home."]
+
+
 def test_runaway_text_without_punctuation_is_released_in_pieces() -> None:
     buffer = SentenceBuffer(max_chars=50)
     released = [s for _ in range(40) for s in buffer.push("word ")]

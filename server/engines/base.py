@@ -24,6 +24,12 @@ import numpy as np
 SAMPLE_RATE = 24000
 """Every engine speaks 24 kHz mono float32 in [-1, 1]; sessions convert."""
 
+LANGUAGE_NAMES = {
+    "zh": "chinese", "en": "english", "ja": "japanese", "ko": "korean", "de": "german", "fr": "french",
+    "ru": "russian", "pt": "portuguese", "es": "spanish", "it": "italian",
+}  # fmt: skip
+"""ISO 639-1 codes of the languages engines name in words."""
+
 
 @dataclass(frozen=True, eq=False)
 class Reference:
@@ -122,6 +128,14 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def synthesize(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
         """Stream PCM chunks (float32, 24 kHz mono) for one segment of text."""
+
+    def speaks(self, language: str) -> bool:
+        """Whether ``language`` ("auto", an ISO code like "en-US", or a name) is one of ``info.languages``."""
+        wanted = language.lower()
+        code = wanted.split("-")[0].split("_")[0]
+        known = {name.lower() for name in self.info.languages}
+        names = {LANGUAGE_NAMES.get(name, name) for name in known}
+        return wanted == "auto" or wanted in known or code in known or LANGUAGE_NAMES.get(code, wanted) in names or wanted in names
 
     def continuation(self, voice: Voice, text: str, audio: np.ndarray) -> Voice:
         """The voice to use for the next segments, given the first segment's audio.
