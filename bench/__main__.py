@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The core issue's figure: median TTFA over 20 short sentences, one session, back to back.
     "core": {"levels": "1", "model": "saturation", "sentences": "short", "count": 20, "warmup": 1.0, "voices": "design", "duration": 60.0},
     # The published ramp: listeners, every sentence class, designed and cloned voices.
-    "ramp": {"levels": ",".join(map(str, RAMP)), "model": "listeners", "duration": 40.0, "warmup": 5.0},
+    "ramp": {"levels": ",".join(map(str, RAMP)), "model": "listeners", "duration": 40.0, "warmup": 5.0, "min_count": 20, "max_duration": 120.0},
     # A few seconds, to see that everything works.
     "quick": {"levels": "1,2", "duration": 4.0, "warmup": 0.5, "grace": 10.0},
 }
@@ -52,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
     add("--duration", type=float, default=40.0, help="seconds per level during which new utterances start")
     add("--warmup", type=float, default=5.0, help="seconds at the start of each level left out of the figures")
     add("--count", type=int, help="end a level once this many measured utterances are done")
+    add("--min-count", type=int, default=0, help="go on past --duration until a level has this many measured utterances")
+    add("--max-duration", type=float, default=120.0, help="hard bound on a level's time for starting utterances (s)")
     add("--sentences", default="short,medium,long", help="sentence classes to speak")
     add("--voices", choices=("design", "clone", "both"), default="both", help="designed voices, a cloned voice, or sessions alternating")
     add("--jitter-ms", type=float, default=100.0, help="the simulated player's jitter buffer")
@@ -83,7 +85,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def load_config(args: argparse.Namespace) -> LoadConfig:
     return LoadConfig(
-        model=args.model, duration_s=args.duration, warmup_s=args.warmup, count=args.count, jitter_ms=args.jitter_ms,
+        model=args.model, duration_s=args.duration, warmup_s=args.warmup, count=args.count, min_count=args.min_count, max_duration_s=args.max_duration, jitter_ms=args.jitter_ms,
         pause_s=args.pause, arrival_s=args.arrival, grace_s=args.grace, seed=args.seed, target_ms=args.target_ms,
         stop_p95_ms=args.stop_p95_ms or None,
     )

@@ -8,8 +8,10 @@ saturation: every session asks again as soon as ``done`` arrives: the
 server's throughput, with nobody waiting for playback.
 
 Every level is bounded: no new utterance starts after ``duration_s`` (or
-once ``count`` measured utterances are done), and what is still running
-``grace_s`` later is cancelled and counted as a ``timeout`` error.
+once ``count`` measured utterances are done; a level short of ``min_count``
+goes on until it has them, but never past ``max_duration_s``), and what is
+still running ``grace_s`` later is cancelled and counted as a ``timeout``
+error.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class LoadConfig:
     """Utterances sent before this are run but left out of the figures."""
     count: int | None = None
     """Stop a level once this many measured utterances are done."""
+    min_count: int = 0
+    """Low levels of listeners finish few texts; go on past ``duration_s`` until this many are done."""
+    max_duration_s: float = 120.0
     jitter_ms: float = 100.0
     pause_s: float = 0.5
     """Listeners: mean pause after playback ends (uniform, 0.5x to 1.5x)."""
@@ -67,6 +72,7 @@ class Level:
 class _State:
     t0: float
     t_end: float
+    t_hard: float
     stop: asyncio.Event
     config: LoadConfig
     level: int
@@ -75,10 +81,21 @@ class _State:
     measured_done: int = 0
     stopped_at: float | None = None
 
-    def finish_if_counted(self) -> None:
-        if self.config.count is not None and self.measured_done >= self.config.count and not self.stop.is_set():
+    def close(self) -> None:
+        """No new utterances from now on."""
+        if not self.stop.is_set():
             self.stopped_at = time.perf_counter()
             self.stop.set()
+
+    def finish_if_counted(self) -> None:
+        if self.config.count is not None and self.measured_done >= self.config.count:
+            self.close()
+
+    def accepting(self) -> bool:
+        now = time.perf_counter()
+        if self.stop.is_set() or now >= self.t_hard:
+            return False
+        return now < self.t_end or self.measured_done < self.config.min_count
 
 
 def record(state: _State, session: int, voice: VoiceSpec, item: Item, outcome: Outcome, player: Player) -> dict[str, Any]:
@@ -91,7 +108,7 @@ def record(state: _State, session: int, voice: VoiceSpec, item: Item, outcome: O
         "kind": item.kind,
         "item": item.index,
         "t": round(sent - state.t0, 4),
-        "measured": state.config.warmup_s <= sent - state.t0 < state.config.duration_s,
+        "measured": sent - state.t0 >= state.config.warmup_s,
         "ttfa_ms": _ms(player.first_arrival, sent),
         "heard_ms": _ms(player.heard, sent),
         "server_ttfa_ms": done.get("ttfa_ms"),
@@ -120,7 +137,7 @@ async def _sleep_until(state: _State, when: float) -> bool:
     if delay > 0:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(state.stop.wait(), timeout=delay)
-    return not state.stop.is_set() and time.perf_counter() < state.t_end
+    return state.accepting()
 
 
 async def session(state: _State, transport: Transport, corpus: Corpus, voice: VoiceSpec, index: int) -> None:
@@ -132,7 +149,7 @@ async def session(state: _State, transport: Transport, corpus: Corpus, voice: Vo
     stream: Stream | None = None
     try:
         for turn in range(1_000_000):
-            if state.stop.is_set() or time.perf_counter() >= state.t_end:
+            if not state.accepting():
                 break
             if stream is None:
                 stream = await transport.open()
@@ -171,7 +188,8 @@ async def run_level(
     progress: ProgressFn | None = None, server_pid: int | None = None,
 ) -> Level:
     t0 = time.perf_counter()
-    state = _State(t0, t0 + config.duration_s, asyncio.Event(), config, level)
+    hard = t0 + max(config.duration_s, config.max_duration_s)
+    state = _State(t0, t0 + config.duration_s, hard, asyncio.Event(), config, level)
     metrics = ServerMetrics(transport.metrics_url())
     async with contextlib.AsyncExitStack() as stack:
         if metrics.url:
@@ -192,7 +210,7 @@ async def run_level(
     if before and after and "process_cpu_seconds_total" in after:
         cpu_s = after["process_cpu_seconds_total"] - before.get("process_cpu_seconds_total", 0.0)
     cpu = meter.end(cpu_s)
-    end = state.stopped_at or state.t_end
+    end = state.stopped_at or state.t_hard
     window = max(min(end, time.perf_counter()) - (t0 + config.warmup_s), 1e-3)
     server = {
         "peak_queue_depth": metrics.peak_queue if metrics.url else None,
@@ -217,11 +235,14 @@ def _metrics_client(transport: Transport) -> Any:
 async def _wait_bounded(state: _State, tasks: list[asyncio.Task[None]], config: LoadConfig) -> None:
     """Until every session ends, or the level's time and then its grace are up."""
     pending = set(tasks)
-    deadline = state.t_end + config.grace_s
-    while pending and time.perf_counter() < deadline:
-        _, pending = await asyncio.wait(pending, timeout=min(0.5, max(deadline - time.perf_counter(), 0.01)))
-        if time.perf_counter() >= state.t_end and not state.stop.is_set():
-            state.stop.set()
+    while pending:
+        now = time.perf_counter()
+        if not state.stop.is_set() and now >= state.t_end and (state.measured_done >= config.min_count or now >= state.t_hard):
+            state.close()
+        if state.stopped_at is not None and now >= state.stopped_at + config.grace_s:
+            break
+        _, pending = await asyncio.wait(pending, timeout=0.25)
+    state.close()
     for task in pending:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -120,6 +120,7 @@ class Heard:
 
     times: list[float] = field(default_factory=list)
     frames: list[np.ndarray] = field(default_factory=list)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, frame: av.AudioFrame) -> None:
         self.times.append(time.monotonic())
@@ -127,10 +128,23 @@ class Heard:
         channels = len(frame.layout.channels)
         mono = data.reshape(-1, channels)[:, 0] if channels > 1 else data
         self.frames.append(mono.astype(np.float32) / 32768.0)
+        self._arrived.set()
+
+    async def wait_until(self, predicate: Any, timeout: float = 30) -> None:
+        """Until ``predicate(self)`` holds, checked as each frame arrives."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    def quiet_since(self, t: float, frames: int) -> bool:
+        """The last ``frames`` frames, all received after ``t``, are silent."""
+        tail = list(zip(self.times[-frames:], self.frames[-frames:], strict=True))
+        return len(tail) == frames and all(when >= t and np.abs(f).max() <= SILENT for when, f in tail)
 
     def first_sound_after(self, t: float) -> float | None:
         """When the first non-silent sample received after ``t`` plays, if played on arrival."""
-        for when, samples in zip(self.times, self.frames):
+        for when, samples in zip(self.times, self.frames, strict=True):
             if when >= t:
                 loud = np.flatnonzero(np.abs(samples) > SILENT)
                 if len(loud):
@@ -164,8 +178,15 @@ class RtcClient:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    async def connect(cls, url: str, *, ca: str | Path | ssl.SSLContext, token: str | None = None,
-                      binary: bool = True, offer: dict[str, Any] | None = None) -> RtcClient:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        ca: str | Path | ssl.SSLContext,
+        token: str | None = None,
+        binary: bool = True,
+        offer: dict[str, Any] | None = None,
+    ) -> RtcClient:
         restrict_host_candidates(["127.0.0.1"])
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # none: aiortc would ask Google's STUN
         client = cls(pc, MicTrack())
@@ -309,7 +330,7 @@ async def uplink_ms(client: RtcClient, speech: np.ndarray) -> float:
     seen = 0
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len(delays) < 10:
-        progress = await client.wait_for(lambda m: m.get("ref") == ref and m["type"] == "progress" and m["decoded_ms"] > seen, 5)
+        progress = await client.wait_for(lambda m, seen=seen: m.get("ref") == ref and m["type"] == "progress" and m["decoded_ms"] > seen, 5)
         seen = progress["decoded_ms"]
         # The recorded audio starts with the first `play` sample (voice_begin
         # reaches the server before it); find when sample `seen` was handed over.
@@ -352,7 +373,7 @@ async def cpu_per_session(url: str, ca: str, token: str | None, sessions: int, s
         long_text = " ".join([TEXT] * 6)
         ids = [c.speak(long_text)[0] for c in clients]
         speaking = await _cpu_share(pid, seconds)
-        for c, uid in zip(clients, ids):
+        for c, uid in zip(clients, ids, strict=True):
             c.send({"type": "cancel", "id": uid})
         return {"idle": idle / sessions, "speaking": speaking / sessions}
     finally:
@@ -395,15 +416,18 @@ def _tone() -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
 
 
-def report(args: argparse.Namespace, rtc: list[tuple[float, float]], ws: list[tuple[float, float]],
-           uplink: list[float], cpu: dict[str, float]) -> str:
+def report(
+    args: argparse.Namespace, rtc: list[tuple[float, float]], ws: list[tuple[float, float]], uplink: list[float], cpu: dict[str, float]
+) -> str:
     def row(name: str, runs: list[tuple[float, float]]) -> str:
         heard, server = [r[0] for r in runs], [r[1] for r in runs]
-        return (f"| {name} | {statistics.median(heard):.0f} | {pct(heard, 0.95):.0f} | "
-                f"{statistics.median(server):.0f} | {statistics.median(heard) - statistics.median(server):.0f} |")
+        return (
+            f"| {name} | {statistics.median(heard):.0f} | {pct(heard, 0.95):.0f} | "
+            f"{statistics.median(server):.0f} | {statistics.median(heard) - statistics.median(server):.0f} |"
+        )
 
     lines = [
-        f"Preview engine on loopback, {args.repeat} utterances of \"{args.text}\" per transport, "
+        f'Preview engine on loopback, {args.repeat} utterances of "{args.text}" per transport, '
         "one session at a time; `python -m bench.rtc`.",
         "",
         "| transport | TTFA heard p50 ms | p95 ms | server TTFA p50 ms | transport + buffering ms |",
@@ -415,9 +439,11 @@ def report(args: argparse.Namespace, rtc: list[tuple[float, float]], ws: list[tu
         f"(runs: {', '.join(f'{u:.0f}' for u in uplink)}).",
     ]
     if cpu:
-        lines.append(f"Server CPU per WebRTC session ({args.sessions} sessions, share of one core): "
-                     f"idle {100 * cpu['idle']:.1f} %, speaking {100 * cpu['speaking']:.1f} % "
-                     "(speaking includes synthesis by the preview engine).")
+        lines.append(
+            f"Server CPU per WebRTC session ({args.sessions} sessions, share of one core): "
+            f"idle {100 * cpu['idle']:.1f} %, speaking {100 * cpu['speaking']:.1f} % "
+            "(speaking includes synthesis by the preview engine)."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -28,8 +28,9 @@ import av
 import numpy as np
 import soxr
 
-from server.engines.base import SAMPLE_RATE
-from server.errors import LimitExceeded, MineStreamError, UnsupportedAudio
+from .containers import CONTAINER_NAMES, RETRY, STREAMING, WHOLE, FormatSniffer
+from .engines.base import SAMPLE_RATE
+from .errors import LimitExceeded, MineStreamError, UnsupportedAudio
 
 MAX_RAW_BYTES = 64 * 1024 * 1024
 """Compressed bytes one upload may send, whatever they decode to."""
@@ -50,135 +51,6 @@ THREAD_PREFIX = "ingest-"
 _OPEN_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
 _AVIO_BUFFER = 4096
 _thread_ids = itertools.count(1)
-
-
-# -- format sniffing ------------------------------------------------------
-
-STREAMING, WHOLE = "streaming", "whole"
-SNIFF_BYTES = 12
-MAX_HEAD_BYTES = 1 << 20  # MP4 boxes before moov/mdat; more is not a recording
-SUPPORTED = "WebM, Ogg, MP4, WAV, FLAC or MP3"
-_RETRY = f"Record again, or upload {SUPPORTED} audio."
-
-_EBML = b"\x1a\x45\xdf\xa3"
-_CLUSTER = b"\x1f\x43\xb6\x75"
-_MIME_FORMATS = {
-    "webm": "matroska", "matroska": "matroska", "x-matroska": "matroska", "ogg": "ogg",
-    "opus": "ogg", "mp4": "mp4", "x-m4a": "mp4", "m4a": "mp4", "aac": "aac", "wav": "wav",
-    "x-wav": "wav", "wave": "wav", "vnd.wave": "wav", "flac": "flac", "x-flac": "flac",
-    "mpeg": "mp3", "mp3": "mp3",
-}
-_NAMES = {"matroska": "WebM", "ogg": "Ogg", "mp4": "MP4", "wav": "WAV", "flac": "FLAC",
-          "mp3": "MP3", "aac": "AAC"}
-
-
-def mime_format(mime: str | None) -> str | None:
-    """The format a MIME type names ('audio/webm;codecs=opus' -> 'matroska')."""
-    if not mime:
-        return None
-    subtype = mime.split(";", 1)[0].strip().lower().rpartition("/")[2]
-    return _MIME_FORMATS.get(subtype)
-
-
-def magic_format(head: bytes) -> str | None:
-    """The container a file header starts, from its first 12 bytes."""
-    if head.startswith(_EBML):
-        return "matroska"
-    if head.startswith(b"OggS"):
-        return "ogg"
-    if head[4:8] == b"ftyp":
-        return "mp4"
-    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
-        return "wav"
-    if head.startswith(b"fLaC"):
-        return "flac"
-    if head.startswith(b"ID3"):
-        return "mp3"
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        return "aac" if head[1] & 0x06 == 0 else "mp3"  # ADTS has layer bits 00
-    return None
-
-
-def mp4_layout(head: bytes) -> str | None:
-    """STREAMING if moov precedes the media, WHOLE if not, None if unknown yet."""
-    pos = 0
-    while pos + 8 <= len(head):
-        size = int.from_bytes(head[pos : pos + 4], "big")
-        kind = head[pos + 4 : pos + 8]
-        if kind == b"moov":
-            return STREAMING
-        if kind in (b"mdat", b"moof"):
-            return WHOLE
-        if size == 1:
-            if pos + 16 > len(head):
-                return None
-            size = int.from_bytes(head[pos + 8 : pos + 16], "big")
-        if size < 8:
-            raise UnsupportedAudio("The MP4 file is damaged (bad box size). " + _RETRY)
-        pos += size
-    return None
-
-
-class FormatSniffer:
-    """Finds the container from the first bytes and the MIME hint.
-
-    The bytes decide: browsers and clients mislabel (Chrome's 'audio/mp4' is
-    Opus in fragmented MP4, files arrive as application/octet-stream). The hint
-    only settles what bytes cannot, and makes error messages specific.
-    """
-
-    def __init__(self, mime: str | None) -> None:
-        self.mime = mime
-        self._head = bytearray()
-
-    def add(self, data: bytes, *, final: bool) -> tuple[str, str] | None:
-        """(format, STREAMING or WHOLE) once known; None while more bytes are needed."""
-        self._head += data
-        if len(self._head) < SNIFF_BYTES and not final:
-            return None
-        fmt = magic_format(bytes(self._head[:SNIFF_BYTES]))
-        hint = mime_format(self.mime)
-        if fmt in ("aac", "mp3") and hint in ("aac", "mp3"):
-            fmt = hint  # a bare frame sync is ambiguous; elsewhere the bytes win
-        if fmt is None:
-            raise UnsupportedAudio(self._unknown_message())
-        if fmt != "mp4":
-            return fmt, STREAMING
-        layout = mp4_layout(bytes(self._head))
-        if layout is None and (final or len(self._head) > MAX_HEAD_BYTES):
-            raise UnsupportedAudio("The MP4 file has no audio index (moov). " + _RETRY)
-        return None if layout is None else (fmt, layout)
-
-    def take_head(self) -> bytes:
-        head, self._head = bytes(self._head), bytearray()
-        return head
-
-    def _unknown_message(self) -> str:
-        head = bytes(self._head[:SNIFF_BYTES])
-        if not head:
-            return "No audio was received. Record again."
-        if head.startswith(_CLUSTER) or head[4:8] in (b"moof", b"styp"):
-            return ("This is a later piece of a recording without its first piece. Send "
-                    "every MediaRecorder piece, from the first, in one upload.")
-        if len(head) < SNIFF_BYTES:
-            return "The upload is too short to be audio. Record again."
-        declared = f" (declared as {self.mime[:60]})" if self.mime else ""
-        return (f"The upload does not start like audio in a known format{declared}. "
-                "If it is a MediaRecorder recording, send every piece from the first one; "
-                "otherwise " + _RETRY[0].lower() + _RETRY[1:])
-
-    @staticmethod
-    def foreign_piece(data: bytes, fmt: str, index: int) -> str | None:
-        """A message if piece ``index`` starts a new file rather than continuing one."""
-        other = magic_format(data[:SNIFF_BYTES])
-        # Only whole-file signatures count: a bare 0xFFEx sync, an Ogg page or an
-        # ID3 tag may legitimately begin a later piece of the same format.
-        if other is None or other == "aac" or (other == fmt and fmt in ("ogg", "mp3")):
-            return None
-        if other == "mp3" and not data.startswith(b"ID3"):
-            return None
-        return (f"Piece {index} starts a new {_NAMES[other]} file inside this {_NAMES[fmt]} "
-                "upload. Send each recording as its own upload (voice_begin ... voice_end).")
 
 
 # -- PCM: any frame to mono 24 kHz -----------------------------------------
@@ -345,15 +217,15 @@ def _decode_into(source: object, fmt: str, sink: MonoSink, limit: int, pipe: _Pi
         with av.open(source, mode="r", format=fmt, options=_OPEN_OPTIONS,
                      buffer_size=_AVIO_BUFFER) as container:
             if not container.streams.audio:
-                raise UnsupportedAudio("The recording contains no audio track. " + _RETRY)
+                raise UnsupportedAudio("The recording contains no audio track. " + RETRY)
             _demux(container, container.streams.audio[0], sink, limit, pipe)
     except (av.FFmpegError, ValueError, EOFError) as exc:  # ValueError: bad frame layouts
         if pipe is not None and pipe.stalled:
             raise _stalled(pipe) from None
         if not (pipe is not None and pipe.drained_at_eof() and sink.samples > 0):
             raise UnsupportedAudio(
-                f"The audio could not be decoded as {_NAMES[fmt]}: it looks damaged "
-                f"({exc.__class__.__name__}). " + _RETRY
+                f"The audio could not be decoded as {CONTAINER_NAMES[fmt]}: it looks damaged "
+                f"({exc.__class__.__name__}). " + RETRY
             ) from exc
         # The upload ended inside a block (a recorder cut off mid-write): the
         # audio before it is good, so keep it, as for formats that stop quietly.

@@ -101,9 +101,9 @@ async def _read_offer(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(data)
     except ValueError:
-        raise BadMessage("the body must be JSON: {\"sdp\": ..., \"type\": \"offer\"}") from None
+        raise BadMessage('the body must be JSON: {"sdp": ..., "type": "offer"}') from None
     if not isinstance(body, dict):
-        raise BadMessage("the body must be a JSON object: {\"sdp\": ..., \"type\": \"offer\"}")
+        raise BadMessage('the body must be a JSON object: {"sdp": ..., "type": "offer"}')
     return body
 
 
@@ -134,8 +134,11 @@ def restrict_host_candidates(addresses: tuple[str, ...] | list[str]) -> None:
     """Gather host candidates on these local addresses only (process-wide, for aioice).
 
     aioice enumerates every interface and leaves out 127.0.0.1; there is no
-    per-connection option, so its one enumeration function is replaced. Tests
-    and benchmarks give 127.0.0.1 here and to the server's ``--ice-host``.
+    per-connection option, so its one enumeration function is replaced. When
+    every address is loopback, connectivity checks from anywhere else are
+    ignored too: answering them would make aioice contact that address as a
+    peer-reflexive candidate (a browser sends checks from all its interfaces).
+    Tests and benchmarks give 127.0.0.1 here and to the server's ``--ice-host``.
     """
     global _restricted_to
     chosen = tuple(str(ipaddress.ip_address(a)) for a in addresses)
@@ -146,7 +149,30 @@ def restrict_host_candidates(addresses: tuple[str, ...] | list[str]) -> None:
         return [a for a in chosen if (use_ipv4 if ipaddress.ip_address(a).version == 4 else use_ipv6)]
 
     aioice.ice.get_host_addresses = get_host_addresses
+    if all(ipaddress.ip_address(a).is_loopback for a in chosen):
+        _answer_loopback_only()
     _restricted_to = chosen
+
+
+def _answer_loopback_only() -> None:
+    connection = aioice.ice.Connection
+    if getattr(connection.request_received, "loopback_only", False):
+        return
+    original = connection.request_received
+
+    def request_received(self: Any, message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        if _is_loopback(addr[0]):
+            original(self, message, addr, protocol)
+
+    request_received.loopback_only = True  # type: ignore[attr-defined]
+    connection.request_received = request_received  # type: ignore[method-assign]
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def remote_candidate_filter(ice_hosts: tuple[str, ...]) -> Callable[[str], bool] | None:

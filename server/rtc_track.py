@@ -377,6 +377,8 @@ class Microphone:
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
+                if not isinstance(frame, av.AudioFrame):
+                    continue
                 self.frames += 1
                 self.last_frame_at = time.monotonic()
                 for upload, recording in list(self._recordings.values()):
