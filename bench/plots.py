@@ -31,6 +31,12 @@ def _plain() -> Any:
     return FuncFormatter(lambda y, _: f"{y:g}")
 
 
+def _none() -> Any:
+    from matplotlib.ticker import NullFormatter
+
+    return NullFormatter()
+
+
 def _axis(ax: Any, xs: list[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs)
@@ -52,7 +58,9 @@ def ttfa_plot(doc: dict[str, Any], path: Path) -> Path:
     _axis(ax, xs)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(_plain())
-    ax.yaxis.set_minor_formatter(_plain())
+    low, high = ax.get_ylim()
+    # Label the minor ticks only where a decade or less is shown; more would overlap.
+    ax.yaxis.set_minor_formatter(_plain() if high / max(low, 1e-9) < 12 else _none())
     ax.set_ylabel("ms (log scale)")
     ax.set_title(f"Time to first audio, {doc['config']['model']} over {doc['config']['transport']}")
     ax.legend(fontsize=8)

@@ -105,13 +105,19 @@ class CpuMeter:
         if server is None and self._server0 is not None:
             now = self._server_cpu()
             server = None if now is None else now - self._server0
-        machine = psutil.cpu_times()
-        busy = _busy(machine) - _busy(self._machine0)
-        total = sum(machine) - sum(self._machine0)
+        times = psutil.cpu_times()
+        busy = _busy(times) - _busy(self._machine0)
+        total = sum(times) - sum(self._machine0)
+        client = 100 * (_own_cpu() - self._own0) / wall
+        machine = 100 * busy / total if total > 0 else None
+        # What other processes used (percent of the machine): on a shared host it says whether a level was disturbed.
+        cores = psutil.cpu_count() or 1
+        other = None if machine is None or server is None else max(0.0, machine - (client + 100 * server / wall) / cores)
         return {
-            "client_pct": round(100 * (_own_cpu() - self._own0) / wall, 1),
+            "client_pct": round(client, 1),
             "server_pct": None if server is None else round(100 * server / wall, 1),
-            "machine_pct": round(100 * busy / total, 1) if total > 0 else None,
+            "machine_pct": None if machine is None else round(machine, 1),
+            "other_pct": None if other is None else round(other, 1),
         }
 
 

@@ -3,41 +3,60 @@
     python -m bench.qwen_engine                      # tiny random-weight models (CPU)
     python -m bench.qwen_engine --design-model Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign \\
         --base-model Qwen/Qwen3-TTS-12Hz-1.7B-Base  # real weights, GPU
+    python -m bench.qwen_engine --random 1.7b --suppress-eos --frames 48 --streams 1,4,16 \\
+        --runners engine,upstream,faster --results bench/RESULTS.md   # GPU, side by side
+    python -m bench.qwen_engine --merge OUT.md --results bench/RESULTS.md  # fold a GPU run's table in
 
 Measures the engine alone (no server, no network): TTFA is ``synthesize`` to
 its first chunk; a step is one scheduler round (every live stream advanced one
-80 ms frame); RTF is a stream's wall time over its audio duration.
+80 ms frame); RTF is a stream's wall time over its audio duration. ``--random``
+builds random-weight models of the real architecture (``bench.qwen_models``)
+and runs every runner on the same two dirs (``bench.qwen_compare``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
 from server.engines.base import SAMPLE_RATE, Reference, SynthesisRequest, Voice
 from server.engines.qwen.engine import QwenEngine
 from server.engines.qwen.stream import Talker
 
-TEXT = "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background."
+from . import qwen_compare as compare
+from .qwen_compare import INSTRUCT, TEXT
+
+RUNNERS = ("engine", "upstream", "faster")
 
 
-def _instrument() -> list[tuple[int, float]]:
+@contextlib.contextmanager
+def _instrument() -> Iterator[list[tuple[int, float]]]:
+    """Time every scheduler round: (streams in it, seconds)."""
     rounds: list[tuple[int, float]] = []
     step = Talker.step
+    cuda = torch.cuda.is_available()
 
     def timed(self: Talker, states: list) -> None:
         started = time.perf_counter()
         step(self, states)
+        if cuda:  # kernels are queued, not done, when step returns
+            torch.cuda.synchronize()
         rounds.append((len(states), time.perf_counter() - started))
 
     Talker.step = timed  # type: ignore[method-assign]
-    return rounds
+    try:
+        yield rounds
+    finally:
+        Talker.step = step  # type: ignore[method-assign]
 
 
 async def _one(engine: QwenEngine, voice: Voice) -> dict[str, float]:
@@ -63,46 +82,144 @@ async def _level(engine: QwenEngine, voice: Voice, n: int, rounds: list) -> dict
         "step_ms_per_stream": 1000 * statistics.median(full) / n,
         "rtf": statistics.median(r["wall"] / r["audio"] for r in results),
         "audio_s": results[0]["audio"],
+        "frames": round(results[0]["audio"] * SAMPLE_RATE / compare.SAMPLES_PER_FRAME),
     }
+
+
+def _suppress_eos(engine: QwenEngine) -> None:
+    """Patch every model the engine holds, and any it loads later (a swap reloads)."""
+    manager = engine.manager
+    assert manager is not None, "start() made the manager"
+    for slot in manager._slots.values():
+        if slot.model is not None:
+            compare.suppress_eos(slot.model)
+    load = manager._loader
+
+    def loader(source: str) -> Any:
+        tts = load(source)
+        compare.suppress_eos(tts)
+        return tts
+
+    manager._loader = loader
+
+
+def _voices(kinds: list[str]) -> list[tuple[str, Voice]]:
+    ref = Reference(compare.reference_audio(), key="bench")
+    made = {"design": Voice(design=INSTRUCT), "clone": Voice(reference=ref)}
+    return [(k, made[k]) for k in kinds]
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     generation = {"max_new_tokens": args.frames + 1} if args.frames else None
-    engine = QwenEngine(args.design_model, args.base_model, device=args.device, generation=generation)
+    engine = QwenEngine(
+        args.design_model,
+        args.base_model,
+        device=args.device,
+        dtype=args.dtype,
+        generation=generation,
+        max_frames=max(args.frames or 0, 1500),
+    )
     await engine.start()
-    rounds = _instrument()
-    ref = Reference(np.random.RandomState(0).randn(3 * SAMPLE_RATE).astype(np.float32) * 0.1, key="bench")
+    if args.suppress_eos:
+        _suppress_eos(engine)
     rows = []
     try:
-        for kind, voice in (("design", Voice(design="a calm, warm narrator")), ("clone", Voice(reference=ref))):
-            await _one(engine, voice)  # warm-up: first-call allocations, prompt cache
-            for n in args.streams:
-                rows.append({"voice": kind, **await _level(engine, voice, n, rounds)})
+        with _instrument() as rounds:
+            for kind, voice in _voices(args.voices):
+                await _one(engine, voice)  # warm-up: first-call allocations, prompt cache
+                for n in args.streams:
+                    rows.append({"runner": "engine", "voice": kind, **await _level(engine, voice, n, rounds)})
     finally:
         await engine.close()
     return rows
 
 
-def main() -> None:
+def run_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every requested runner on the same dirs; rows and notes (skips, failures)."""
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    dirs = {"design": args.design_model, "clone": args.base_model}
+    device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype or ("float32" if device == "cpu" else "bfloat16"))
+    if "engine" in args.runners:
+        rows += asyncio.run(run(args))
+        compare._free()
+    if "upstream" in args.runners:
+        eos = not args.suppress_eos
+        rows += compare.run_upstream(dirs, args.voices, args.streams, frames=args.frames, device=device, dtype=dtype, eos=eos)
+    if "faster" in args.runners:
+        got, why = compare.run_faster(dirs, args.voices, args.streams, frames=args.frames, device=device, dtype=dtype)
+        rows += got
+        if why:
+            notes.append(f"faster-qwen3-tts skipped: {why}")
+    return rows, notes
+
+
+def _ints(values: list[str]) -> list[int]:
+    return [int(v) for value in values for v in value.split(",") if v]
+
+
+def _words(values: list[str]) -> list[str]:
+    return [v for value in values for v in value.split(",") if v]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--design-model")
     parser.add_argument("--base-model")
+    parser.add_argument("--random", choices=["tiny", "0.6b", "1.7b"], help="build random-weight models of this size")
+    parser.add_argument("--models-dir", help="where --random builds (reused when complete); default: a temp dir")
     parser.add_argument("--device")
-    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--dtype", help="float32 on CPU, bfloat16 on GPU by default")
+    parser.add_argument("--streams", nargs="+", default=["1", "4", "16"], help="e.g. 1,4,16")
     parser.add_argument("--frames", type=int, default=None, help="cap frames per stream (tiny models: 24)")
-    args = parser.parse_args()
-    if not args.design_model:
-        from tests.qwen_tiny import build_tiny_models
+    parser.add_argument("--suppress-eos", action="store_true", help="no stream ends before --frames")
+    parser.add_argument("--voices", nargs="+", default=["design", "clone"], help="design,clone")
+    parser.add_argument("--runners", nargs="+", default=["engine"], help=f"any of {','.join(RUNNERS)}")
+    parser.add_argument("--results", type=Path, help="update the GPU section of this Markdown file")
+    parser.add_argument("--merge", type=Path, nargs="*", help="only fold these files' tables into --results")
+    return parser
 
-        args.design_model, args.base_model = map(str, build_tiny_models(tempfile.mkdtemp(prefix="qwen-tiny-")))
-    rows = asyncio.run(run(args))
-    print("| voice | streams | TTFA p50 ms | TTFA max ms | step ms (all streams) | step ms / stream | RTF p50 | audio s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['voice']} | {r['streams']} | {r['ttfa_ms_p50']:.0f} | {r['ttfa_ms_max']:.0f} | {r['step_ms']:.1f} "
-            f"| {r['step_ms_per_stream']:.2f} | {r['rtf']:.3f} | {r['audio_s']:.2f} |"
-        )
+
+def _heading(args: argparse.Namespace, device: str) -> str:
+    size = args.random or "given model dirs"
+    return (
+        f"### {size} on {compare.device_name(device)}: {args.dtype or 'default dtype'}, "
+        f"torch {torch.__version__}, {args.frames or 'uncapped'} frames per stream"
+        f"{', EOS suppressed' if args.suppress_eos else ''}"
+    )
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.merge is not None:
+        if args.results is None:
+            raise SystemExit("--merge needs --results")
+        for source in args.merge:
+            print(source, "->", args.results, compare.merge_blocks(source, args.results))
+        return
+    args.streams, args.voices, args.runners = _ints(args.streams), _words(args.voices), _words(args.runners)
+    if unknown := set(args.runners) - set(RUNNERS):
+        raise SystemExit(f"unknown runners: {sorted(unknown)}")
+    if args.frames and args.frames > 40 + 5 * len(TEXT):  # the engine caps a segment by its text's length
+        raise SystemExit(f"--frames is at most {40 + 5 * len(TEXT)} for this text")
+    if not args.design_model:
+        from .qwen_models import build_models
+
+        size = args.random or "tiny"
+        device = args.device or ("cuda:0" if torch.cuda.is_available() and size != "tiny" else "cpu")
+        root = args.models_dir or tempfile.mkdtemp(prefix=f"qwen-{size}-")
+        started = time.perf_counter()
+        args.design_model, args.base_model = map(str, build_models(root, size, device=device, dtype=args.dtype))
+        print(f"built {size} models in {time.perf_counter() - started:.1f}s: {root}", flush=True)
+    rows, notes = run_all(args)
+    device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    heading = _heading(args, device)
+    body = "\n\n".join([compare.table(rows), *notes])
+    print(heading, body, sep="\n\n")
+    if args.results is not None:
+        key = f"{args.random or 'hub'}-{device.split(':')[0]}"
+        compare.update_results(args.results, key, compare.block(key, heading, body))
 
 
 if __name__ == "__main__":

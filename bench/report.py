@@ -100,7 +100,7 @@ def load_json(path: Path) -> dict[str, Any]:
 # --- Markdown ------------------------------------------------------------------
 
 HEADER = ("| level | utts | err | TTFA p50 / p95 / p99 ms | heard p50 / p95 ms | server TTFA p50 / p95 ms | RTF p50 / p95 "
-          "| audio s/s | underruns /min | starved ms | CPU client / server / machine % | ok |")
+          "| audio s/s | underruns /min | starved ms | CPU % client / server / machine (others) | ok |")
 
 
 def row(level: dict[str, Any]) -> str:
@@ -110,7 +110,7 @@ def row(level: dict[str, Any]) -> str:
     return (f"| {level['level']} | {s['utterances']} | {s['errors']} | {f(t['p50'])} / {f(t['p95'])} / {f(t['p99'])} "
             f"| {f(h['p50'])} / {f(h['p95'])} | {f(v['p50'])} / {f(v['p95'])} | {f(r['p50'], 3)} / {f(r['p95'], 3)} "
             f"| {f(s['audio_per_wall_s'], 1)} | {f(u['per_min'], 2)} | {f(u['starved_ms'])} "
-            f"| {f(c.get('client_pct'))} / {f(c.get('server_pct'))} / {f(c.get('machine_pct'))} | {'yes' if s['ok'] else 'no'} |")
+            f"| {f(c.get('client_pct'), 1)} / {f(c.get('server_pct'))} / {f(c.get('machine_pct'))} ({f(c.get('other_pct'))}) | {'yes' if s['ok'] else 'no'} |")
 
 
 def kind_table(levels: list[dict[str, Any]]) -> list[str]:
@@ -176,5 +176,6 @@ def _legend(cfg: dict[str, Any]) -> str:
         "TTFA: speak sent to the first audio payload received (client side); heard: to the first sample above -40 dBFS "
         "playing, playback starting at first arrival; server TTFA: from `done`. RTF: generation time over audio duration, per "
         f"utterance (server). Underruns: a player per stream starts {cfg['jitter_ms']} ms after first audio and plays at real speed; "
-        "each time it runs dry is one event (per minute of audio played). CPU: percent of one core."
+        "each time it runs dry is one event (per minute of audio played). CPU: client and server in percent of one core; "
+        "machine: all cores busy, in percent; others: what other processes used of the machine (a disturbed level shows here)."
     )

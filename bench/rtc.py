@@ -10,8 +10,8 @@ The server must run with ``--ice-host 127.0.0.1``: the client gathers on
   would get it). The same figure over the WebSocket (first non-silent sample
   of the first ``audio`` message) is measured against the same server.
 * uplink latency: a sample handed to the client's microphone track -> that
-  sample in the server's recording, from the server's ``progress`` messages
-  (each says how much is recorded) minus half the data-channel round trip.
+  sample in the server's recording (see ``uplink_ms``: from where the server
+  cut a recording stopped by ``voice_end`` mid-tone).
 * server CPU per session: the server process's CPU while N sessions each
   hold a connected peer and speak, per session, as a share of one core.
 
@@ -42,6 +42,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from client import Client, ssl_context
+from server.reference import EDGE_PAD_S
 from server.rtc import restrict_host_candidates
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,11 @@ RATE = 48000
 FRAME = RATE // 50
 SILENT = 1e-3  # |sample| above this (float) is not silence: -60 dBFS
 TEXT = "Hello there, how are you today?"
+NOTE = (
+    "Where WebRTC's extra time goes: the aiortc client's receive jitter buffer (a frame leaves when 4 newer ones are in: 80 ms), "
+    "Opus look-ahead (6.5 ms) and the 20 ms frame clock; the server sends the first speech frame ~2 ms after the engine's first audio. "
+    "The track drops the engine's lead-in silence before the first word (about 36 ms for Piper); WebSocket audio keeps it."
+)
 DESIGN = "a warm, calm narrator"
 
 
@@ -69,9 +75,16 @@ class MicTrack(MediaStreamTrack):
         self.sent_at: list[tuple[float, int]] = []
         """(time a frame was handed to aiortc, samples of ``play`` audio sent before it)."""
         self._played = 0
+        self.onset_at: float | None = None
+        """When the first frame of what ``play`` was last given went out."""
 
     def play(self, pcm: np.ndarray) -> None:
+        if not len(self._pending):
+            self.onset_at = None
         self._pending = np.concatenate([self._pending, to_int16(pcm)])
+
+    def stop_playing(self) -> None:
+        self._pending = np.zeros(0, np.int16)
 
     @property
     def playing(self) -> bool:
@@ -87,6 +100,8 @@ class MicTrack(MediaStreamTrack):
             await asyncio.sleep(delay)
         chunk, self._pending = self._pending[:FRAME], self._pending[FRAME:]
         self.sent_at.append((time.monotonic(), self._played))
+        if len(chunk) and self.onset_at is None:
+            self.onset_at = time.monotonic()
         self._played += len(chunk)
         samples = np.zeros(FRAME, np.int16)
         samples[: len(chunk)] = chunk
@@ -132,10 +147,10 @@ class Heard:
 
     async def wait_until(self, predicate: Any, timeout: float = 30) -> None:
         """Until ``predicate(self)`` holds, checked as each frame arrives."""
-        async with asyncio.timeout(timeout):
-            while not predicate(self):
-                self._arrived.clear()
-                await self._arrived.wait()
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            self._arrived.clear()
+            await asyncio.wait_for(self._arrived.wait(), max(0.001, deadline - time.monotonic()))
 
     def quiet_since(self, t: float, frames: int) -> bool:
         """The last ``frames`` frames, all received after ``t``, are silent."""
@@ -319,30 +334,32 @@ async def ttfa_heard_ws(ws: Client, text: str) -> tuple[float, float]:
     return (first - speech.sent) * 1000, float(speech.done["ttfa_ms"])
 
 
-async def uplink_ms(client: RtcClient, speech: np.ndarray) -> float:
-    """Median of (progress arrival - when the reported sample was sent - one-way DC delay)."""
+async def uplink_ms(client: RtcClient, http: httpx.AsyncClient, tone: np.ndarray) -> float:
+    """One uplink figure: when the server stopped recording vs which sample it had last.
+
+    The tone starts (client clock ``onset``) after the recording has begun and
+    is still playing when ``voice_end`` is sent at ``ended``; the server stops
+    at ``ended + one way`` with the sample the client sent ``uplink`` earlier,
+    so the reference holds ``ended + one_way - uplink - onset`` of tone plus
+    the lead-in pad ``prepare_reference`` keeps before speech.
+    """
+    await asyncio.sleep(0.3)  # what the last run sent after its cut must not start this one
     one_way = statistics.median([await client.ping() for _ in range(5)]) / 2
     ref = f"up{next(client._ids)}"
     client.send({"type": "voice_begin", "ref": ref, "source": "rtc"})
-    client.mic.play(speech[: 3 * RATE])
-    base = len(client.mic.sent_at)
-    delays = []
-    seen = 0
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(delays) < 10:
-        progress = await client.wait_for(lambda m, seen=seen: m.get("ref") == ref and m["type"] == "progress" and m["decoded_ms"] > seen, 5)
-        seen = progress["decoded_ms"]
-        # The recorded audio starts with the first `play` sample (voice_begin
-        # reaches the server before it); find when sample `seen` was handed over.
-        target = seen * RATE // 1000
-        for when, played in client.mic.sent_at[base:]:
-            if played + FRAME > target:
-                delays.append((progress["_at"] - one_way - when) * 1000 - (target - played) * 1000 / RATE)
-                break
+    await asyncio.sleep(0.4)  # recording: silence first, so the onset is inside it
+    client.mic.play(tone)
+    await asyncio.sleep(2.0)
+    ended = time.monotonic()
     client.send({"type": "voice_end", "ref": ref})
-    with contextlib.suppress(asyncio.TimeoutError):
-        await client.wait_for(lambda m: m.get("ref") == ref and m["type"] in ("voice", "error"), 10)
-    return statistics.median(delays)
+    client.mic.stop_playing()  # everything the server will record was sent before `ended`
+    voice = await client.wait_for(lambda m: m.get("ref") == ref and m["type"] in ("voice", "error"), 10)
+    if voice["type"] != "voice":
+        raise RuntimeError(f"recording failed: {voice}")
+    await http.delete(f"/v1/voices/{voice['voice_id']}")
+    assert client.mic.onset_at is not None
+    held = ended + one_way - client.mic.onset_at + EDGE_PAD_S
+    return (held - voice["duration_ms"] / 1000) * 1000
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -400,8 +417,9 @@ async def run(args: argparse.Namespace) -> str:
     try:
         await asyncio.sleep(0.5)
         rtc_runs = [await ttfa_heard_rtc(rtc, args.text) for _ in range(args.repeat)]
-        speech = read_wav_48k(Path(args.wav)) if args.wav else _tone()
-        uplink = [await uplink_ms(rtc, speech) for _ in range(3)]
+        headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+        async with httpx.AsyncClient(base_url=args.url, verify=ssl_context(args.ca), headers=headers) as http:
+            uplink = [await uplink_ms(rtc, http, _tone()) for _ in range(args.uplink_runs)]
     finally:
         await rtc.close()
     ws_url = args.url.replace("https://", "wss://") + "/v1/stream"
@@ -412,6 +430,7 @@ async def run(args: argparse.Namespace) -> str:
 
 
 def _tone() -> np.ndarray:
+    """Three seconds of a steady, always-loud voice-like tone (its onset is sharp)."""
     t = np.arange(3 * RATE) / RATE
     return (0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
 
@@ -434,6 +453,8 @@ def report(
         "|---|---:|---:|---:|---:|",
         row("WebRTC (aiortc client, default jitter buffer)", rtc),
         row("WebSocket (first non-silent audio message)", ws),
+        "",
+        NOTE,
         "",
         f"Uplink latency (microphone track -> server recording): median {statistics.median(uplink):.0f} ms "
         f"(runs: {', '.join(f'{u:.0f}' for u in uplink)}).",
@@ -462,7 +483,7 @@ def main() -> None:
     parser.add_argument("--token")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--text", default=TEXT)
-    parser.add_argument("--wav", help="speech for the microphone (default: a tone)")
+    parser.add_argument("--uplink-runs", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--cpu-seconds", type=float, default=5.0)
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     add("--allow-origin", action="append", default=[], help="extra browser Origin allowed to open the socket (repeatable)")
     add("--ice-host", action="append", default=[], help="WebRTC: only offer host candidates on this address (repeatable)")
     add("--ice-server", action="append", default=[], help="WebRTC: STUN/TURN server URL (repeatable; none by default)")
+    add("--rtc-connect-timeout", type=float, default=Settings.rtc_connect_timeout_s, help="WebRTC: seconds a peer may take to connect")
     add("--max-text-chars", type=int, default=Limits.max_text_chars)
     add("--max-ref-seconds", type=float, default=Limits.max_ref_seconds)
     add("--max-open-utterances", type=int, default=Limits.max_open_utterances)
@@ -40,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     args = parser.parse_args(argv)
     if (args.cert is None) != (args.key is None):
         parser.error("--cert and --key go together")
+    for address in args.ice_host:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            parser.error(f"--ice-host {address!r} is not an IP address")
     limits = Limits(args.max_text_chars, args.max_ref_seconds, args.max_open_utterances, args.max_message_bytes, args.max_sessions)
     return Settings(
         host=args.host,
@@ -56,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         allowed_origins=tuple(args.allow_origin),
         ice_hosts=tuple(args.ice_host),
         ice_servers=tuple(args.ice_server),
+        rtc_connect_timeout_s=args.rtc_connect_timeout,
         limits=limits,
     ), args.log_level
 

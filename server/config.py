@@ -47,6 +47,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     ice_hosts: tuple[str, ...] = ()
     ice_servers: tuple[str, ...] = ()
+    rtc_connect_timeout_s: float = 15.0
+    """A WebRTC peer that has not connected by then is closed and freed."""
     limits: Limits = field(default_factory=Limits)
 
     @property

@@ -27,7 +27,6 @@ import contextlib
 import ipaddress
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -53,7 +52,6 @@ log = logging.getLogger("minestream.rtc")
 
 OFFER_MAX_BYTES = 64 * 1024
 """Browsers' offers are 3-8 KB; anything near this is not an offer."""
-CONNECT_TIMEOUT_S = float(os.environ.get("MINESTREAM_RTC_CONNECT_TIMEOUT_S", "15"))
 """A peer whose control channel is not open by then is dropped."""
 CONTROL_LABEL = "control"
 MAX_PENDING_FRAMES = 256
@@ -277,7 +275,7 @@ class RtcPeer:
                 raise
             log.info("offer refused: %s", exc)
             raise BadMessage(f"the offer cannot be answered: {exc}") from None
-        self._timeout = asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, self._connect_timeout)
+        self._timeout = asyncio.get_running_loop().call_later(self.state.settings.rtc_connect_timeout_s, self._connect_timeout)
         return self.pc.localDescription
 
     def _wire(self) -> None:

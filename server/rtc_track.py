@@ -49,10 +49,6 @@ MAX_LATE_S = 0.06
 QUEUE_HIGH_WATER = 10 * RATE
 """Queued samples per utterance beyond which its producer waits (memory, not latency)."""
 PROGRESS_EVERY_MS = 200
-SILENT = 1e-3
-"""Below -60 dBFS: the engines' lead-in before the first word, not speech."""
-MAX_LEAD_TRIM = SAMPLE_RATE // 2
-PRE_ROLL = SAMPLE_RATE // 200  # 5 ms kept before the first sound, so its rise is not cut
 
 
 @dataclass
@@ -242,50 +238,27 @@ class TrackSink:
         self._track = track
         self._order = order
         self._resamplers: dict[str, StreamResampler] = {}
-        self._lead_in: dict[str, int] = {}  # samples of lead-in silence dropped so far
 
     def _resampler(self, uid: str) -> StreamResampler:
         if uid not in self._resamplers:
             self._resamplers[uid] = StreamResampler(RATE)
-            self._lead_in[uid] = 0
             self._track.register(_through(self._order(), uid))
         return self._resamplers[uid]
 
     async def write(self, utterance_id: str, pcm: np.ndarray) -> None:
         resampler = self._resampler(utterance_id)
-        pcm = self._trim_lead_in(utterance_id, pcm)
         if len(pcm):
             self._track.push(utterance_id, to_int16(resampler.process(pcm)))
         await self._track.room(utterance_id)
 
-    def _trim_lead_in(self, uid: str, pcm: np.ndarray) -> np.ndarray:
-        """Drop the silence engines put before the first word: it would only delay it.
-
-        A listener hears nothing in it; over a track it costs its full length
-        in time to first sound. At most ``MAX_LEAD_TRIM`` goes, never speech.
-        """
-        dropped = self._lead_in.get(uid)
-        if dropped is None:
-            return pcm
-        loud = np.flatnonzero(np.abs(pcm) > SILENT)
-        cut = len(pcm) if not len(loud) else max(0, int(loud[0]) - PRE_ROLL)
-        cut = min(cut, MAX_LEAD_TRIM - dropped)
-        if len(loud) or dropped + cut >= MAX_LEAD_TRIM:
-            del self._lead_in[uid]
-        else:
-            self._lead_in[uid] = dropped + cut
-        return pcm[cut:]
-
     async def end(self, utterance_id: str) -> None:
         resampler = self._resamplers.pop(utterance_id, None)
-        self._lead_in.pop(utterance_id, None)
         if resampler is not None:
             self._track.push(utterance_id, to_int16(resampler.process(np.zeros(0, np.float32), last=True)))
         await self._track.finish(utterance_id)
 
     def discard(self, utterance_id: str) -> None:
         self._resamplers.pop(utterance_id, None)
-        self._lead_in.pop(utterance_id, None)
         self._track.discard(utterance_id)
 
 
@@ -358,10 +331,12 @@ class Microphone:
         if self._task is None:
             self._task = asyncio.create_task(self._drain(track), name=f"mic-{self._session.id}")
 
+    def recording(self, *, max_seconds: float) -> TrackRecording:
+        return TrackRecording(max_seconds)
+
     def record(self, upload: Upload) -> None:
-        recording = TrackRecording(self._session.limits.max_ref_seconds)
-        upload.decoder = recording  # type: ignore[assignment]  # same interface as ReferenceDecoder
-        self._recordings[upload.ref] = (upload, recording)
+        assert isinstance(upload.decoder, TrackRecording)
+        self._recordings[upload.ref] = (upload, upload.decoder)
 
     async def stop(self, upload: Upload) -> None:
         self._recordings.pop(upload.ref, None)

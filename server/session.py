@@ -145,12 +145,25 @@ class MessageAudioSink:
         self._session.outbox.discard(utterance_id)
 
 
+class UploadDecoder(TypingProtocol):
+    """Turns an upload into 24 kHz PCM: ``ReferenceDecoder`` for bytes, a track recorder for WebRTC."""
+
+    @property
+    def decoded_ms(self) -> int: ...
+
+    async def feed(self, data: bytes) -> None: ...
+
+    async def finish(self) -> np.ndarray: ...
+
+    async def abort(self) -> None: ...
+
+
 @dataclass
 class Upload:
     ref: str
     name: str | None
     ref_text: str | None
-    decoder: ReferenceDecoder
+    decoder: UploadDecoder
     reported_ms: int = 0
 
 
@@ -167,7 +180,8 @@ class Session:
         self.utterances: dict[str, Utterance] = {}
         self.uploads: dict[str, Upload] = {}
         self.microphone: Any = None
-        """Set by the WebRTC transport: records the incoming track for ``voice_begin`` {source: "rtc"}."""
+        """Set by the WebRTC transport: ``recording(max_seconds)`` makes an ``UploadDecoder`` fed from the
+        incoming track, ``record(upload)``/``stop(upload)`` start and end feeding it."""
 
     @property
     def engine(self) -> Engine:
@@ -331,6 +345,7 @@ class Session:
             log.exception("utterance %s failed", utterance.id)
             self.report(EngineError("synthesis failed", id=utterance.id))
             self.utterances.pop(utterance.id, None)
+            self.audio.discard(utterance.id)
             self._done(utterance, cancelled=True)
         else:
             self.utterances.pop(utterance.id, None)
@@ -359,17 +374,19 @@ class Session:
             raise LimitExceeded(f"at most {self.limits.max_uploads} uploads may be open at once", ref=begin.ref)
         if not self.engine.info.clone:
             raise Unavailable("this engine cannot clone voices", ref=begin.ref)
-        decoder = ReferenceDecoder(begin.mime, max_seconds=self.limits.max_ref_seconds)
+        decoder: UploadDecoder
+        if begin.source == "rtc":
+            if self.microphone is None:
+                raise BadMessage("source 'rtc' needs a WebRTC session", ref=begin.ref)
+            decoder = self.microphone.recording(max_seconds=self.limits.max_ref_seconds)
+        elif begin.source is not None:
+            raise BadMessage(f"unknown source {begin.source[:32]!r}", ref=begin.ref)
+        else:
+            decoder = ReferenceDecoder(begin.mime, max_seconds=self.limits.max_ref_seconds)
         upload = Upload(begin.ref, begin.name, begin.ref_text, decoder)
         self.uploads[begin.ref] = upload
         if begin.source == "rtc":
-            if self.microphone is None:
-                await self._abandon(upload)
-                raise BadMessage("source 'rtc' needs a WebRTC session", ref=begin.ref)
             self.microphone.record(upload)
-        elif begin.source is not None:
-            await self._abandon(upload)
-            raise BadMessage(f"unknown source {begin.source[:32]!r}", ref=begin.ref)
 
     def _upload(self, ref: str) -> Upload:
         upload = self.uploads.get(ref)

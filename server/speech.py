@@ -58,6 +58,12 @@ class Utterance:
     def rtf(self) -> float | None:
         return round(self.generation_s * SAMPLE_RATE / self.audio_samples, 4) if self.audio_samples else None
 
+    def count(self, chunk: np.ndarray) -> None:
+        if self.first_audio is None:
+            self.first_audio = time.monotonic()
+            metrics.TTFA.observe(self.first_audio - self.started)
+        self.audio_samples += len(chunk)
+
     def deadline(self) -> float | None:
         if self.first_audio is None:
             return None
@@ -67,16 +73,20 @@ class Utterance:
 async def speak(engine: Engine, utterance: Utterance) -> AsyncIterator[np.ndarray]:
     """The utterance's audio, 24 kHz float32 chunks, as the engine makes it."""
     sentences = SentenceBuffer()
+    lead_in = LeadInTrim()
     voice, first = utterance.voice, True
     while True:
         piece = await utterance.text.get()
         for segment in sentences.push(piece) if piece is not None else sentences.flush():
             request = SynthesisRequest(segment, voice, utterance.language, utterance.deadline(), first)
             kept: list[np.ndarray] = []
-            async for chunk in _segment(engine, utterance, request):
+            async for raw in _segment(engine, utterance, request):
                 if first:
-                    kept.append(chunk)
-                yield chunk
+                    kept.append(raw)
+                chunk = lead_in.trim(raw)
+                if len(chunk):
+                    utterance.count(chunk)
+                    yield chunk
             if first and kept:
                 voice = engine.continuation(voice, segment, np.concatenate(kept))
             first = False
@@ -84,15 +94,37 @@ async def speak(engine: Engine, utterance: Utterance) -> AsyncIterator[np.ndarra
             return
 
 
+class LeadInTrim:
+    """Drops the silence an engine puts before an utterance's first word.
+
+    Nobody hears it, yet it costs its whole length in time to first sound
+    (Piper starts each sentence with ~36 ms of it). Speech is never cut: a few
+    ms before the first sound are kept for its onset, and at most half a
+    second is dropped.
+    """
+
+    SILENT = 10 ** (-60 / 20)
+    PRE_ROLL = SAMPLE_RATE // 500
+    MAX_DROP = SAMPLE_RATE // 2
+
+    def __init__(self) -> None:
+        self.dropped: int | None = 0  # None once the first sound has passed
+
+    def trim(self, pcm: np.ndarray) -> np.ndarray:
+        if self.dropped is None:
+            return pcm
+        loud = np.flatnonzero(np.abs(pcm) > self.SILENT)
+        cut = len(pcm) if not len(loud) else max(0, int(loud[0]) - self.PRE_ROLL)
+        cut = min(cut, self.MAX_DROP - self.dropped)
+        self.dropped = None if len(loud) or self.dropped + cut >= self.MAX_DROP else self.dropped + cut
+        return pcm[cut:]
+
+
 async def _segment(engine: Engine, utterance: Utterance, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
     began = time.monotonic()
     stream = engine.synthesize(request)
     try:
         async for chunk in stream:
-            if utterance.first_audio is None:
-                utterance.first_audio = time.monotonic()
-                metrics.TTFA.observe(utterance.first_audio - utterance.started)
-            utterance.audio_samples += len(chunk)
             # Time spent in the consumer (sending) is not generation time.
             utterance.generation_s += time.monotonic() - began
             yield chunk

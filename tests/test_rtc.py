@@ -7,7 +7,6 @@ The server runs with ``--ice-host 127.0.0.1`` and the client gathers on
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,16 +31,8 @@ CONNECT_TIMEOUT_S = 2
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[LiveServer]:
-    old = os.environ.get("MINESTREAM_RTC_CONNECT_TIMEOUT_S")
-    os.environ["MINESTREAM_RTC_CONNECT_TIMEOUT_S"] = str(CONNECT_TIMEOUT_S)
-    args = ("--engine", "preview", "--ice-host", "127.0.0.1")
-    try:
-        server = LiveServer(tmp_path_factory.mktemp("rtc") / "data", certs_dir, args, token=TOKEN).start()
-    finally:
-        if old is None:
-            os.environ.pop("MINESTREAM_RTC_CONNECT_TIMEOUT_S")
-        else:
-            os.environ["MINESTREAM_RTC_CONNECT_TIMEOUT_S"] = old
+    args = ("--engine", "preview", "--ice-host", "127.0.0.1", "--rtc-connect-timeout", str(CONNECT_TIMEOUT_S))
+    server = LiveServer(tmp_path_factory.mktemp("rtc") / "data", certs_dir, args, token=TOKEN).start()
     yield server
     server.stop()
 

@@ -1,0 +1,82 @@
+"""The GPU benchmark's length control, on the tiny models: ``--suppress-eos`` fixes every stream at N frames."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from bench import qwen_compare as compare  # noqa: E402
+from bench import qwen_engine  # noqa: E402
+from server.engines.qwen.manager import ModelManager  # noqa: E402
+from tests import qwen_tiny  # noqa: E402
+
+qwen_tiny_models = qwen_tiny.qwen_tiny_models  # the session fixture (conftest may import it too)
+EOS = 2150
+FRAMES = 5
+
+
+def _force_eos(tts: Any) -> Any:
+    """Make EOS the talker's favourite token, so only suppression keeps a stream going."""
+
+    def hook(module: Any, inputs: Any, logits: Any) -> Any:
+        logits = logits.clone()
+        logits[..., EOS] += 1e4
+        return logits
+
+    tts.model.talker.codec_head.register_forward_hook(hook)
+    return tts
+
+
+def _frames(wavs: list[Any], sr: int) -> list[int]:
+    return [round(len(w) / sr * 12.5) for w in wavs]
+
+
+def test_suppress_eos_fixes_upstream_length(qwen_tiny_models: tuple[Path, Path]) -> None:
+    tts = _force_eos(compare.load_upstream(str(qwen_tiny_models[0]), "cpu", torch.float32))
+    short, sr = compare._upstream_call(tts, "design", 2, FRAMES)
+    compare.suppress_eos(tts)
+    fixed, sr = compare._upstream_call(tts, "design", 2, FRAMES)
+    assert max(_frames(short, sr)) < FRAMES  # EOS right after upstream's min_new_tokens
+    assert _frames(fixed, sr) == [FRAMES, FRAMES]
+
+
+def test_suppress_eos_fixes_engine_length(qwen_tiny_models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    load = ModelManager._load
+    monkeypatch.setattr(ModelManager, "_load", lambda self, source: _force_eos(load(self, source)))
+    design, base = map(str, qwen_tiny_models)
+
+    def rows(suppress: bool) -> list[dict[str, Any]]:
+        args = argparse.Namespace(
+            design_model=design, base_model=base, device="cpu", dtype=None, frames=FRAMES,
+            suppress_eos=suppress, voices=["design", "clone"], streams=[1, 2],
+        )  # fmt: skip
+        return asyncio.run(qwen_engine.run(args))
+
+    assert all(r["frames"] < FRAMES for r in rows(False))
+    fixed = rows(True)
+    assert [(r["voice"], r["streams"], r["frames"]) for r in fixed] == [
+        ("design", 1, FRAMES), ("design", 2, FRAMES), ("clone", 1, FRAMES), ("clone", 2, FRAMES),
+    ]  # fmt: skip
+    assert all(r["ttfa_ms_p50"] > 0 and r["step_ms"] > 0 for r in fixed)
+
+
+def test_results_section_is_replaced_in_place(tmp_path: Path) -> None:
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("## Before\n\nkeep\n\n## After\n\nkeep too\n")
+    compare.update_results(doc, "1.7b-cuda", compare.block("1.7b-cuda", "### one", "A"))
+    compare.update_results(doc, "0.6b-cuda", compare.block("0.6b-cuda", "### two", "B"))
+    compare.update_results(doc, "1.7b-cuda", compare.block("1.7b-cuda", "### one", "C"))
+    text = doc.read_text()
+    assert text.startswith("## Before\n\nkeep\n\n## After\n\nkeep too\n\n" + compare.SECTION)
+    assert "C" in text and "\nA\n" not in text and text.index("### one") < text.index("### two")
+    merged = tmp_path / "merged.md"
+    merged.write_text("## Other\n\nx\n")
+    assert compare.merge_blocks(doc, merged) == ["1.7b-cuda", "0.6b-cuda"]
+    assert merged.read_text().count("<!-- /qwen-gpu:") == 2
