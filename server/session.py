@@ -23,6 +23,7 @@ import numpy as np
 
 from . import metrics
 from .audio import StreamResampler, to_pcm_bytes
+from .config import Limits
 from .engines.base import SAMPLE_RATE, Engine, Voice
 from .errors import (
     BadMessage,
@@ -188,7 +189,7 @@ class Session:
         return self.state.engine
 
     @property
-    def limits(self) -> Any:
+    def limits(self) -> Limits:
         return self.state.settings.limits
 
     # --- frames ----------------------------------------------------------------
@@ -201,6 +202,10 @@ class Session:
             self.report(exc)
             if exc.fatal:
                 return exc
+        except Exception:
+            # A bug must cost this message, not the session.
+            log.exception("session %s: unexpected error", self.id)
+            self.report(MineStreamError("internal error; the server has logged it"))
         return None
 
     def encode(self, message: dict[str, Any]) -> Frame:

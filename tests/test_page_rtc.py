@@ -1,134 +1,205 @@
-"""The talk-back page's WebRTC transport (client/static/rtc.js) in headless Chromium.
+"""The talk-back page in WebRTC mode, driven through its own UI in headless Chromium.
 
-The page is loaded from the real server; the test drives ``RtcConnection``
-inside it: the fake microphone (a WAV file) records a reference over the
-track, then a designed voice speaks and the remote track is played and
-analysed with WebAudio; ``done`` comes on the data channel.
+The page loads over WebSocket (the desktop default), then the transport switch
+in its header picks WebRTC: the page builds an ``RtcConnection``, plays the
+speech track in an <audio> element and measures it with an AnalyserNode.
+Through the page's buttons: Record sends the fake microphone (a WAV file) over
+the track and the voice appears in the library; Speak with a designed voice
+is heard (the analyser shows speech; TTFA heard is measured and printed);
+Stop silences it mid-utterance. Switching back to WebSocket speaks again, so
+both transports' TTFA are measured against the same server. A phone (by its
+user agent) gets WebRTC by default.
 
 Loopback only: Chromium leaves loopback out of WebRTC unless
 ``--allow-loopback-in-peer-connection``; it also gathers on every other
-interface, so the offer is cut to its 127.0.0.1 UDP candidates before it
-reaches the server, and the server (``--ice-host 127.0.0.1``) ignores checks
-from anything but loopback. No other address is offered to or contacted by it.
+interface, so the page's offer is cut to its 127.0.0.1 UDP candidates by
+Playwright on its way to POST /v1/rtc/offer (``loopback_offer``: no test hook
+in the page), and the server (``--ice-host 127.0.0.1``) ignores checks from
+anything but loopback. No other address is offered to or contacted by it.
+
+Screenshots go to $MINESTREAM_SCREENSHOTS (default: a pytest temporary directory).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import browser
 import pytest
-from conftest import LiveServer
 
 pytestmark = pytest.mark.skipif(not browser.chromium_available(), reason=browser.skip_reason())
 pytest.importorskip("aiortc")
 
 TOKEN = "rtc-page-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LOOPBACK = ("--allow-loopback-in-peer-connection",)
+LAST = "window.minestream.utterances.at(-1)"
+# The <audio> element plays the speech track (it is what a person hears).
+PLAYING = "(() => { const el = window.minestream.rtcOut.el; return el.readyState >= 2 && !el.paused && el.srcObject !== null; })()"
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[LiveServer]:
-    args = ("--engine", "preview", "--ice-host", "127.0.0.1")
-    server = LiveServer(tmp_path_factory.mktemp("rtc-page") / "data", certs_dir, args, token=TOKEN).start()
-    yield server
-    server.stop()
+def ready_over(transport: str) -> str:
+    return f"window.minestream && window.minestream.link.transport === '{transport}' && window.minestream.link.state === 'ready'"
 
 
 def loopback_offer(route: Any) -> None:
+    """Keep only the offer's 127.0.0.1 UDP candidates (Chromium also offers every other interface)."""
     body = json.loads(route.request.post_data or "{}")
     lines = body.get("sdp", "").split("\r\n")
     keep = [line for line in lines if not line.startswith("a=candidate:") or (" udp " in line and " 127.0.0.1 " in line)]
     route.continue_(post_data=json.dumps({**body, "sdp": "\r\n".join(keep)}))
 
 
-RUN = """async (token) => {
-  const { RtcConnection } = await import('/rtc.js');
-  const conn = new RtcConnection({ token: () => token });
-  window.rtc = conn;
-  const messages = [];
-  const next = (pred) => new Promise((resolve) => {
-    const found = messages.find(pred);
-    if (found) return resolve(found);
-    const check = (m) => { if (pred(m)) resolve(m); };
-    for (const type of ['ready', 'progress', 'voice', 'done', 'error']) conn.on(type, check);
-  });
-  for (const type of ['ready', 'progress', 'voice', 'done', 'error']) conn.on(type, (m) => messages.push(m));
-  conn.connect();
-  await next((m) => m.type === 'ready' || m.type === 'error');
-  if (!conn.isReady) return { error: messages };
-  // Play the speech track from the start, as the page does: an unplayed remote
-  // track is not drained by Chromium and would replay its backlog later.
-  const audio = new Audio();
-  document.body.append(audio);
-  await conn.attachAudio(audio);
-  const ctx = new AudioContext();
-  await ctx.resume();
-  const analyser = ctx.createAnalyser();
-  analyser.fftSize = 2048;
-  const mute = ctx.createGain();
-  mute.gain.value = 0;
-  ctx.createMediaStreamSource(conn.remoteStream).connect(analyser);
-  analyser.connect(mute).connect(ctx.destination); // nodes render only when pulled
-  const buf = new Float32Array(analyser.fftSize);
-  let loudMs = 0, firstLoud = null;
-  const energy = async () => {
-    const stats = await conn.pc.getStats();
-    for (const s of stats.values()) if (s.type === 'inbound-rtp' && s.kind === 'audio') return s.totalAudioEnergy || 0;
-    return 0;
-  };
-
-  // Record a reference from the (fake) microphone over the track.
-  const mic = await navigator.mediaDevices.getUserMedia({ audio: true });
-  await conn.setMicrophone(mic.getAudioTracks()[0]);
-  conn.send({ type: 'voice_begin', ref: 'page', name: 'page mic', source: 'rtc' });
-  await next((m) => m.ref === 'page' && (m.type === 'error' || (m.type === 'progress' && m.decoded_ms >= 3000)));
-  conn.send({ type: 'voice_end', ref: 'page' });
-  const voice = await next((m) => m.ref === 'page' && (m.type === 'voice' || m.type === 'error'));
-  await conn.setMicrophone(null);
-  mic.getTracks().forEach((t) => t.stop());
-
-  // Speak and listen to the remote track.
-  const energyBefore = await energy();
-  const sent = performance.now();
-  const timer = setInterval(() => {
-    analyser.getFloatTimeDomainData(buf);
-    if (buf.some((x) => Math.abs(x) > 0.01)) {
-      loudMs += 20;
-      if (firstLoud === null) firstLoud = performance.now() - sent;
-    }
-  }, 20);
-  conn.send({ type: 'speak', id: 'p1', text: 'Hello from the page, over WebRTC.', voice: { design: 'a bright, friendly voice' } });
-  const done = await next((m) => m.id === 'p1' && (m.type === 'done' || m.type === 'error'));
-  await new Promise((r) => setTimeout(r, 400)); // the browser's own playout buffer
-  clearInterval(timer);
-  const trackEnergy = (await energy()) - energyBefore;
-  const audioMessages = messages.filter((m) => m.type === 'audio').length;
-  conn.close();
-  return { voice, done, loudMs, firstLoud, audioMessages, trackEnergy };
-}"""
+def shots_dir(tmp_path: Path) -> Path:
+    env = os.environ.get("MINESTREAM_SCREENSHOTS")
+    path = Path(env) if env else tmp_path / "screenshots"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
-def test_page_rtc_records_and_speaks(live: LiveServer, tmp_path: Path) -> None:
+def speak(page, text: str, *, peak: str, timeout: float = 30000) -> dict[str, Any]:
+    """Speak through the UI (Speak button); sample the output while it plays; wait until it has played out."""
+    page.fill("#text", text)
+    page.click("#speak")
+    page.wait_for_function(f"{LAST} && {LAST}.fig.ttfaHeard !== undefined", timeout=timeout)
+    peaks = []
+    while not page.evaluate(f"{LAST}.finished"):
+        peaks.append(page.evaluate(peak))
+        time.sleep(0.03)
+        if len(peaks) > timeout / 30:
+            raise AssertionError("the utterance never finished")
+    return {"fig": page.evaluate(f"{LAST}.fig"), "id": page.evaluate(f"{LAST}.id"), "peaks": peaks}
+
+
+def test_page_switches_to_webrtc_records_speaks_and_stops(server_factory, tmp_path: Path) -> None:
+    live = server_factory("--ice-host", "127.0.0.1", token=TOKEN)
+    shots = shots_dir(tmp_path)
     mic = browser.mic_wav(
-        tmp_path / "mic.wav", "Hello, this is my own voice, recorded over a WebRTC track. The birch canoe slid on the smooth planks."
+        tmp_path / "mic.wav",
+        "Hello, this is my own voice, recorded over a WebRTC track. The birch canoe slid on the smooth planks. "
+        "Glue the sheet to the dark blue background.",
     )
-    extra = ("--allow-loopback-in-peer-connection",)
-    with browser.launch_chromium(mic, extra_args=extra) as context:
+    with browser.launch_chromium(mic, extra_args=LOOPBACK) as context:
+        context.route("**/v1/rtc/offer", loopback_offer)
         page = context.new_page()
         errors = browser.console_collector(page)
-        page.route("**/v1/rtc/offer", loopback_offer)
-        page.goto(live.base_url + "/")
-        result = page.evaluate(RUN, TOKEN)
+        page.goto(f"{live.base_url}/?token={TOKEN}")
+        page.wait_for_function(ready_over("websocket"), timeout=15000)
+        assert page.is_checked("input[name=transport][value=websocket]")  # desktop default
+
+        # --- the switch: WebRTC, remembered -------------------------------------------
+        page.check("input[name=transport][value=webrtc]")
+        page.wait_for_function(ready_over("webrtc"), timeout=15000)
+        assert page.evaluate("localStorage.getItem('minestream.transport')") == "webrtc"
+        assert "over WebRTC" in page.text_content("#conn-text")
+        page.wait_for_function(PLAYING, timeout=5000)
+        assert page.is_visible("#download-hint")
+        page.screenshot(path=shots / "rtc-01-ready.png", full_page=True)
+
+        # --- record a voice over the track with the Record button ------------------------
+        page.fill("#clone-name", "RTC microphone")
+        page.click("#record")
+        page.wait_for_function("document.querySelector('#record').getAttribute('aria-pressed') === 'true'")
+        page.wait_for_function("Number(document.querySelector('#level').getAttribute('aria-valuenow')) > 20", timeout=5000)
+        page.wait_for_function("parseFloat(document.querySelector('#rec-time').textContent) >= 5.2", timeout=10000)
+        assert "the server has" in page.text_content("#clone-status")  # the server records the track as it comes
+        page.screenshot(path=shots / "rtc-02-recording.png", full_page=True)
+        page.click("#record")
+        page.wait_for_function("window.minestream.log.some(e => e.kind === 'voice' || e.kind === 'error')", timeout=20000)
+        log = page.evaluate("window.minestream.log")
+        assert not [e for e in log if e["kind"] == "error"], log
+        begin = next(e for e in log if e["kind"] == "voice_begin")
+        assert begin.get("source") == "rtc" and begin.get("mime") is None, begin
+        voice_id = next(e["voice_id"] for e in log if e["kind"] == "voice")
+        page.wait_for_selector(f"#voices input[value='{voice_id}']:checked")
+        assert "RTC microphone" in page.text_content("#voices")
+        voice = live.http(headers=AUTH).get(f"/v1/voices/{voice_id}").json()
+        assert voice["kind"] == "clone" and voice["duration_ms"] > 3000, voice
+
+        # --- design a voice and speak: heard on the track ------------------------------------
+        page.check("#voice-radio-design")
+        page.fill("#design", "A bright, friendly voice.")
+        energy = "window.minestream.link.conn.pc.getStats().then(s => [...s.values()].find(x => x.type === 'inbound-rtp' && x.kind === 'audio')?.totalAudioEnergy || 0)"
+        before = page.evaluate(energy)
+        rtc = speak(
+            page,
+            "Hello from the page, over WebRTC. The speech plays on the call's audio track.",
+            peak="window.minestream.rtcOut.outputPeak()",
+        )
+        fig = rtc["fig"]
+        done = next(e for e in page.evaluate("window.minestream.log") if e["kind"] == "done" and e["id"] == rtc["id"])
+        assert done["cancelled"] is False
+        assert max(rtc["peaks"]) > 0.05, "the analyser on the speech track saw silence"
+        loud = sum(p > 0.01 for p in rtc["peaks"]) / len(rtc["peaks"])
+        assert loud > 0.4, f"speech audible in only {loud:.0%} of the samples"
+        assert page.evaluate(energy) - before > 0.01  # Chromium's own decoder received it
+        assert 0 < fig["ttfaHeard"] < 5000, fig
+        assert fig["serverTtfa"] is not None and fig["serverTtfa"] <= fig["ttfaHeard"], fig
+        assert fig["chunks"] is None and fig["audioMs"] > 1000, fig  # no audio messages over WebRTC
+        assert not [e for e in page.evaluate("window.minestream.log") if e["kind"] == "audio"]
+        assert page.text_content("[data-figure=chunks]") == "n/a"
+        assert page.text_content("[data-figure=ttfaHeard]").endswith("ms")
+        assert page.is_disabled("#download")
+        page.screenshot(path=shots / "rtc-03-spoken.png", full_page=True)
+
+        # --- Stop mid-utterance silences it ---------------------------------------------------
+        page.fill("#text", "This is a long text that keeps going, so that it can be stopped in the middle. " * 6)
+        page.click("#speak")
+        page.wait_for_function(f"{LAST} && {LAST}.fig.ttfaHeard !== undefined", timeout=30000)
+        time.sleep(0.4)
+        assert page.evaluate("window.minestream.rtcOut.outputPeak()") > 0.01
+        page.click("#stop")
+        stopped = time.monotonic()
+        assert page.evaluate("window.minestream.rtcOut.el.muted")  # what is still in flight is not heard
+        uid = page.evaluate(f"{LAST}.id")
+        page.wait_for_function(f"window.minestream.log.some(e => e.kind === 'done' && e.id === '{uid}' && e.cancelled)", timeout=5000)
+        # The track itself falls silent: the server dropped the rest at once.
+        page.wait_for_function("window.minestream.rtcOut.trackPeak() < 1e-3", timeout=1500)
+        silent_ms = (time.monotonic() - stopped) * 1000
+        time.sleep(0.3)
+        quiet = [page.evaluate("window.minestream.rtcOut.trackPeak()") for _ in range(8)]
+        assert max(quiet) < 1e-3, f"still playing after Stop: {quiet}"
+        assert page.text_content("#talk-status") == "Stopped." and page.is_disabled("#stop")
+        page.screenshot(path=shots / "rtc-04-stopped.png", full_page=True)
+
+        # --- back to WebSocket through the switch, same server: the other TTFA --------------
+        page.check("input[name=transport][value=websocket]")
+        page.wait_for_function(ready_over("websocket"), timeout=15000)
+        assert page.evaluate("localStorage.getItem('minestream.transport')") == "websocket"
+        ws = speak(
+            page,
+            "Hello from the page, over WebRTC. The speech plays on the call's audio track.",
+            peak="window.minestream.player.outputPeak()",
+        )
+        assert max(ws["peaks"]) > 0.05
         page.close()
-    assert "error" not in result, result
-    assert result["voice"]["type"] == "voice", result["voice"]
-    assert result["done"]["type"] == "done" and result["done"]["cancelled"] is False, result["done"]
-    assert result["audioMessages"] == 0
-    # The track carried audible speech for most of the utterance.
-    assert result["loudMs"] >= 0.5 * result["done"]["audio_ms"], result
-    assert result["trackEnergy"] > 0.01, result  # Chromium's own decoder played it
-    print(f"page over WebRTC: first sound {result['firstLoud']:.0f} ms after speak (Chromium, incl. its playout buffer)")
-    assert not [e for e in errors if "rtc" in e.lower()], errors
+        assert not errors, errors
+
+        # --- a phone gets WebRTC by default ---------------------------------------------------
+        iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"
+        phone = context.browser.new_context(ignore_https_errors=True, user_agent=iphone, viewport={"width": 390, "height": 844})
+        try:
+            phone.route("**/v1/rtc/offer", loopback_offer)
+            page = phone.new_page()
+            errors = browser.console_collector(page)
+            page.goto(f"{live.base_url}/?token={TOKEN}")
+            page.wait_for_function(ready_over("webrtc"), timeout=15000)
+            assert page.is_checked("input[name=transport][value=webrtc]")
+            page.wait_for_function(PLAYING, timeout=5000)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            page.screenshot(path=shots / "rtc-05-phone.png", full_page=True)
+            page.close()
+            assert not errors, errors
+        finally:
+            phone.close()
+
+    live.http(headers=AUTH).delete(f"/v1/voices/{voice_id}")
+    print(
+        f"\nTTFA heard in Chromium, same server and text: WebRTC {fig['ttfaHeard']:.0f} ms (server TTFA {fig['serverTtfa']} ms, "
+        f"underruns {fig['underruns']}), WebSocket {ws['fig']['ttfaHeard']:.0f} ms (server TTFA {ws['fig']['serverTtfa']} ms); "
+        f"track silent {silent_ms:.0f} ms after Stop; screenshots: {shots}"
+    )

@@ -102,7 +102,9 @@ def speaking_rate(pcm: np.ndarray, rate: int) -> float | None:
     envelope = np.convolve(envelope, np.hanning(9) / np.hanning(9).sum(), mode="same")
     threshold = 0.25 * np.percentile(envelope, 95)
     speech = envelope > threshold
-    seconds = speech.sum() / 100
+    # Time speaking includes the short dips between syllables; only pauses
+    # of 250 ms or more are left out.
+    seconds = _bridge_gaps(speech, 25).sum() / 100
     if seconds < 0.5:
         return None
     peaks = (envelope[1:-1] > envelope[:-2]) & (envelope[1:-1] >= envelope[2:]) & speech[1:-1]
@@ -110,6 +112,16 @@ def speaking_rate(pcm: np.ndarray, rate: int) -> float | None:
     positions = np.flatnonzero(peaks)
     count = 1 + int(np.sum(np.diff(positions) > 10)) if len(positions) else 0
     return count / seconds
+
+
+def _bridge_gaps(mask: np.ndarray, longest: int) -> np.ndarray:
+    """``mask`` with runs of False shorter than ``longest`` between Trues set to True."""
+    bridged = mask.copy()
+    true = np.flatnonzero(mask)
+    for start, end in zip(true[:-1], true[1:], strict=True):
+        if 1 < end - start < longest:
+            bridged[start:end] = True
+    return bridged
 
 
 def style_matching(reference_pitch: float | None, reference_rate: float | None, own_pitch: float, own_rate: float) -> Style:
