@@ -61,11 +61,14 @@ def shots_dir(tmp_path: Path) -> Path:
     return path
 
 
-def speak(page, text: str, *, peak: str, timeout: float = 30000) -> dict[str, Any]:
+def speak(page, text: str, *, peak: str, errors: list[str], timeout: float = 30000) -> dict[str, Any]:
     """Speak through the UI (Speak button); sample the output while it plays; wait until it has played out."""
     page.fill("#text", text)
     page.click("#speak")
-    page.wait_for_function(f"{LAST} && {LAST}.fig.ttfaHeard !== undefined", timeout=timeout)
+    try:
+        page.wait_for_function(f"{LAST} && {LAST}.fig.ttfaHeard !== undefined", timeout=timeout)
+    except Exception as exc:  # a page error is the likelier story than a slow server
+        raise AssertionError(f"never heard: {errors}") from exc
     peaks = []
     while not page.evaluate(f"{LAST}.finished"):
         peaks.append(page.evaluate(peak))
@@ -129,6 +132,7 @@ def test_page_switches_to_webrtc_records_speaks_and_stops(server_factory, tmp_pa
             page,
             "Hello from the page, over WebRTC. The speech plays on the call's audio track.",
             peak="window.minestream.rtcOut.outputPeak()",
+            errors=errors,
         )
         fig = rtc["fig"]
         done = next(e for e in page.evaluate("window.minestream.log") if e["kind"] == "done" and e["id"] == rtc["id"])
@@ -174,6 +178,7 @@ def test_page_switches_to_webrtc_records_speaks_and_stops(server_factory, tmp_pa
             page,
             "Hello from the page, over WebRTC. The speech plays on the call's audio track.",
             peak="window.minestream.player.outputPeak()",
+            errors=errors,
         )
         assert max(ws["peaks"]) > 0.05
         page.close()

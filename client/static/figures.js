@@ -14,14 +14,17 @@ export function showFigures(root, fig) {
   for (const dd of root.querySelectorAll('[data-figure]')) {
     const key = dd.dataset.figure;
     const v = fig[key];
-    dd.textContent = v === undefined || v === null || Number.isNaN(v) ? '–' : fmt[key](v);
+    // undefined: not known (yet); null: does not apply to this transport.
+    if (v === null) dd.textContent = 'n/a';
+    else dd.textContent = v === undefined || Number.isNaN(v) ? '–' : fmt[key](v);
   }
 }
 
 /**
  * A waveform of what is playing: the peak of each animation frame, as a
  * mirrored bar, scrolling right to left. Reads the player's AnalyserNode, so
- * it shows what actually leaves the worklet (underruns show as gaps).
+ * it shows what actually leaves the worklet (underruns show as gaps), or in
+ * WebRTC mode the analyser on the speech track.
  */
 export class Waveform {
   constructor(canvas) {

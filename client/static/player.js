@@ -114,20 +114,8 @@ export class Player {
     this.#post({ type: 'stop' });
   }
 
-  /**
-   * Map a context time (when a sample is rendered) to performance.now() time
-   * (when it leaves the speaker). getOutputTimestamp pairs the two clocks at
-   * the output, so it includes the output latency; fall back to the reported
-   * latency where a browser gives no timestamp.
-   */
   contextToPerformance(t) {
-    const ctx = this.ctx;
-    const ts = ctx.getOutputTimestamp ? ctx.getOutputTimestamp() : null;
-    if (ts && ts.performanceTime > 0 && ts.contextTime > 0) {
-      return ts.performanceTime + (t - ts.contextTime) * 1000;
-    }
-    const latency = ctx.outputLatency || ctx.baseLatency || 0;
-    return performance.now() + (t - ctx.currentTime + latency) * 1000;
+    return contextToPerformance(this.ctx, t);
   }
 
   /** Peak of what the analyser sees right now (for meters and tests). */
@@ -139,4 +127,19 @@ export class Player {
     for (const v of buf) peak = Math.max(peak, Math.abs(v));
     return peak;
   }
+}
+
+/**
+ * Map a context time (when a sample is rendered) to performance.now() time
+ * (when it leaves the speaker). getOutputTimestamp pairs the two clocks at
+ * the output, so it includes the output latency; fall back to the reported
+ * latency where a browser gives no timestamp.
+ */
+export function contextToPerformance(ctx, t) {
+  const ts = ctx.getOutputTimestamp ? ctx.getOutputTimestamp() : null;
+  if (ts && ts.performanceTime > 0 && ts.contextTime > 0) {
+    return ts.performanceTime + (t - ts.contextTime) * 1000;
+  }
+  const latency = ctx.outputLatency || ctx.baseLatency || 0;
+  return performance.now() + (t - ctx.currentTime + latency) * 1000;
 }

@@ -6,10 +6,11 @@
 // refused the token: then it reports 'unauthorized' and waits for a new one.
 
 import { probeAuth } from './api.js';
+import { PROTOCOL, Transport } from './transport.js';
 
-export const PROTOCOL = 1;
+export { PROTOCOL };
 
-export class Connection {
+export class Connection extends Transport {
   /**
    * @param {object} opts
    * @param {() => string|null} opts.token current token (read at each connect)
@@ -17,30 +18,11 @@ export class Connection {
    * @param {number} [opts.sampleRate]
    */
   constructor({ token, format = 'pcm_s16le', sampleRate = 24000 }) {
-    this.getToken = token;
+    super(token);
+    this.transport = 'websocket';
     this.format = format;
     this.sampleRate = sampleRate;
     this.ws = null;
-    this.info = null; // the `ready` message
-    this.state = 'idle'; // connecting | ready | reconnecting | unauthorized | failed
-    this.listeners = {};
-    this.retry = 0;
-    this.timer = null;
-    this.pingTimer = null;
-    this.rttMs = null;
-  }
-
-  on(type, fn) {
-    (this.listeners[type] ||= []).push(fn);
-  }
-
-  emit(type, msg) {
-    for (const fn of this.listeners[type] || []) fn(msg);
-  }
-
-  setState(state, detail = '') {
-    this.state = state;
-    this.emit('state', { state, detail });
   }
 
   connect() {
@@ -55,35 +37,15 @@ export class Connection {
     this.ws = ws;
     let refused = false;
 
-    ws.onopen = () => {
-      const hello = { type: 'hello', protocol: PROTOCOL, format: this.format, sample_rate: this.sampleRate };
-      if (token) hello.token = token;
-      ws.send(JSON.stringify(hello));
-    };
+    ws.onopen = () => ws.send(JSON.stringify(this.hello({ format: this.format, sample_rate: this.sampleRate })));
 
     ws.onmessage = (e) => {
-      if (typeof e.data !== 'string') return; // this page asked for JSON frames
-      let msg;
-      try {
-        msg = JSON.parse(e.data);
-      } catch {
-        return;
-      }
-      if (msg.type === 'ready') {
-        this.info = msg;
-        this.retry = 0;
-        this.setState('ready');
-        this.startPing();
-      } else if (msg.type === 'pong' && typeof msg.t === 'number') {
-        this.rttMs = performance.now() - msg.t;
-      } else if (msg.type === 'error' && msg.code === 'unauthorized') {
-        refused = true;
-      }
-      this.emit(msg.type, msg);
+      const msg = this.receive(e.data);
+      if (msg?.type === 'error' && msg.code === 'unauthorized') refused = true;
     };
 
     ws.onclose = async (e) => {
-      if (this.ws !== ws) return; // superseded by a newer socket
+      if (this.ws !== ws) return; // superseded by a newer socket, or closed on purpose
       this.stopPing();
       const wasReady = this.info !== null;
       this.info = null;
@@ -95,44 +57,38 @@ export class Connection {
         this.setState('unauthorized');
         return;
       }
-      this.retry++;
-      const delay = Math.min(10000, 500 * 2 ** Math.min(this.retry, 5));
-      this.setState('reconnecting', `retrying in ${Math.round(delay / 1000)} s`);
-      this.timer = setTimeout(() => this.connect(), delay);
+      this.scheduleRetry();
     };
   }
 
   /** Drop the current socket (if any) and connect again now, e.g. with a new token. */
   reconnect() {
-    const old = this.ws;
-    this.ws = null;
-    if (old) old.close(1000);
+    this.#drop();
     this.retry = 0;
     this.connect();
+  }
+
+  /** Close for good (the page switched to another transport). */
+  close() {
+    this.#drop();
+    this.setState('idle');
+  }
+
+  #drop() {
+    clearTimeout(this.timer);
+    this.stopPing();
+    const old = this.ws;
+    this.ws = null; // its onclose sees it was superseded and stays quiet
+    this.info = null;
+    if (old) old.close(1000);
   }
 
   get isReady() {
     return this.state === 'ready' && this.ws && this.ws.readyState === WebSocket.OPEN;
   }
 
-  send(msg) {
-    if (!this.isReady) throw new Error('Not connected to the server.');
-    this.ws.send(JSON.stringify(msg));
-  }
-
-  // A ping every 15 s keeps idle NATs and proxies from dropping the socket,
-  // and gives a round-trip figure for the status line.
-  startPing() {
-    this.stopPing();
-    const ping = () => {
-      if (this.isReady) this.ws.send(JSON.stringify({ type: 'ping', t: performance.now() }));
-    };
-    ping();
-    this.pingTimer = setInterval(ping, 15000);
-  }
-
-  stopPing() {
-    clearInterval(this.pingTimer);
+  sendRaw(text) {
+    this.ws.send(text);
   }
 }
 

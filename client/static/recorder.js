@@ -1,6 +1,7 @@
 // Microphone capture for cloning: MediaRecorder in timeslices, a level meter
 // and a timer. Each slice is handed to `onChunk` as soon as the browser emits
 // it, so the caller can stream it to the server while the person is talking.
+// (In WebRTC mode the caller sends the microphone track itself: encode: false.)
 
 const TIMESLICE_MS = 250;
 
@@ -56,6 +57,11 @@ export class Recorder {
     this.mimeType = '';
   }
 
+  /** The microphone track while recording (null before start and after stop). */
+  get track() {
+    return this.stream?.getAudioTracks()[0] || null;
+  }
+
   get recording() {
     return this.recorder?.state === 'recording';
   }
@@ -65,24 +71,30 @@ export class Recorder {
    * (explain it with explainMicError).
    * @param {AudioContext|null} ctx used for the level meter, if given
    * @param {number} maxSeconds stop by itself after this long
+   * @param {object} [opts]
+   * @param {boolean} [opts.encode] record with MediaRecorder (onChunk); false
+   *   only opens the microphone, for a caller that sends `track` itself (WebRTC)
    */
-  async start(ctx, maxSeconds) {
+  async start(ctx, maxSeconds, { encode = true } = {}) {
     // Echo cancellation stays on (the page may be talking); noise suppression
     // is off because it smears the timbre the clone should copy.
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: true },
     });
-    const mimeType = pickMimeType();
-    this.recorder = new MediaRecorder(this.stream, mimeType ? { mimeType } : undefined);
-    this.mimeType = this.recorder.mimeType || mimeType || '';
-    this.recorder.ondataavailable = (e) => {
-      if (e.data && e.data.size) this.onChunk(e.data);
-    };
-    this.stopped = new Promise((resolve) => {
-      this.recorder.onstop = resolve;
-    });
-    this.recorder.start(TIMESLICE_MS);
+    if (encode) {
+      const mimeType = pickMimeType();
+      this.recorder = new MediaRecorder(this.stream, mimeType ? { mimeType } : undefined);
+      this.mimeType = this.recorder.mimeType || mimeType || '';
+      this.recorder.ondataavailable = (e) => {
+        if (e.data && e.data.size) this.onChunk(e.data);
+      };
+      this.stopped = new Promise((resolve) => {
+        this.recorder.onstop = resolve;
+      });
+      this.recorder.start(TIMESLICE_MS);
+    }
     this.started = performance.now();
+    this.endedAt = null;
     this.#startMeter(ctx);
     this.tick = setInterval(() => {
       const s = (performance.now() - this.started) / 1000;
@@ -119,19 +131,25 @@ export class Recorder {
     draw();
   }
 
-  /** Stop; resolves once the last slice has been handed to onChunk. */
-  async stop() {
+  /** Stop the meter and the timer only: the track stays live (WebRTC sends its last frames). */
+  pause() {
+    this.endedAt ??= performance.now();
     clearInterval(this.tick);
     cancelAnimationFrame(this.raf);
     this.source?.disconnect();
     this.analyser = null;
     this.source = null;
+  }
+
+  /** Stop; resolves once the last slice has been handed to onChunk. */
+  async stop() {
+    this.pause();
     if (this.recorder && this.recorder.state !== 'inactive') this.recorder.stop();
     // The final dataavailable fires before stop.
     if (this.stopped) await this.stopped;
     this.stream?.getTracks().forEach((t) => t.stop());
     this.stream = null;
     this.onLevel(0);
-    return (performance.now() - this.started) / 1000;
+    return (this.endedAt - this.started) / 1000;
   }
 }

@@ -5,49 +5,29 @@
 // One RTCPeerConnection per session, offered to POST /v1/rtc/offer:
 //  - a data channel "control" carries the protocol messages as JSON text;
 //  - speech arrives on the remote audio track (`remoteStream`), not as
-//    `audio` messages: play it with attachAudio(element);
+//    `audio` messages: play it with attachAudio(element) on 'track';
 //  - the microphone goes out on the same audio transceiver once
 //    setMicrophone(track) is called; `voice_begin` {source: "rtc"} records it.
 // No STUN or TURN by default: the server is on the LAN, host candidates meet.
 
-import { PROTOCOL } from './protocol.js';
+import { Transport } from './transport.js';
 
 const GATHER_TIMEOUT_MS = 3000;
 
-export class RtcConnection {
+export class RtcConnection extends Transport {
   /**
    * @param {object} opts
    * @param {() => string|null} opts.token current token (read at each connect)
    * @param {RTCIceServer[]} [opts.iceServers]
    */
   constructor({ token, iceServers = [] }) {
-    this.getToken = token;
+    super(token);
     this.iceServers = iceServers;
     this.transport = 'webrtc';
     this.pc = null;
     this.channel = null;
     this.transceiver = null;
     this.remoteStream = new MediaStream();
-    this.info = null; // the `ready` message
-    this.state = 'idle'; // connecting | ready | reconnecting | unauthorized | failed
-    this.listeners = {};
-    this.retry = 0;
-    this.timer = null;
-    this.pingTimer = null;
-    this.rttMs = null;
-  }
-
-  on(type, fn) {
-    (this.listeners[type] ||= []).push(fn);
-  }
-
-  emit(type, msg) {
-    for (const fn of this.listeners[type] || []) fn(msg);
-  }
-
-  setState(state, detail = '') {
-    this.state = state;
-    this.emit('state', { state, detail });
   }
 
   async connect() {
@@ -66,12 +46,7 @@ export class RtcConnection {
     pc.onconnectionstatechange = () => {
       if (this.pc === pc && ['failed', 'closed'].includes(pc.connectionState)) this.dropped(pc, 0);
     };
-    channel.onopen = () => {
-      const hello = { type: 'hello', protocol: PROTOCOL };
-      const token = this.getToken();
-      if (token) hello.token = token;
-      channel.send(JSON.stringify(hello));
-    };
+    channel.onopen = () => channel.send(JSON.stringify(this.hello()));
     channel.onmessage = (e) => this.receive(e.data);
     channel.onclose = () => this.dropped(pc, 1000);
     try {
@@ -99,25 +74,6 @@ export class RtcConnection {
     return res.json();
   }
 
-  receive(data) {
-    if (typeof data !== 'string') return; // this page speaks JSON
-    let msg;
-    try {
-      msg = JSON.parse(data);
-    } catch {
-      return;
-    }
-    if (msg.type === 'ready') {
-      this.info = msg;
-      this.retry = 0;
-      this.setState('ready');
-      this.startPing();
-    } else if (msg.type === 'pong' && typeof msg.t === 'number') {
-      this.rttMs = performance.now() - msg.t;
-    }
-    this.emit(msg.type, msg);
-  }
-
   dropped(pc, code, reason = '') {
     if (this.pc !== pc) return; // superseded
     this.pc = null;
@@ -129,14 +85,14 @@ export class RtcConnection {
       this.setState('unauthorized', reason);
       return;
     }
-    this.retry++;
-    const delay = Math.min(10000, 500 * 2 ** Math.min(this.retry, 5));
-    this.setState('reconnecting', `retrying in ${Math.round(delay / 1000)} s`);
-    this.timer = setTimeout(() => this.connect(), delay);
+    this.scheduleRetry();
   }
 
   /** Drop the current peer (if any) and connect again now, e.g. with a new token. */
   reconnect() {
+    clearTimeout(this.timer);
+    this.stopPing();
+    this.info = null;
     const old = this.pc;
     this.pc = null;
     if (old) old.close();
@@ -149,6 +105,7 @@ export class RtcConnection {
     this.stopPing();
     const old = this.pc;
     this.pc = null;
+    this.info = null;
     if (old) old.close();
     this.setState('idle');
   }
@@ -157,9 +114,8 @@ export class RtcConnection {
     return this.state === 'ready' && this.channel?.readyState === 'open';
   }
 
-  send(msg) {
-    if (!this.isReady) throw new Error('Not connected to the server.');
-    this.channel.send(JSON.stringify(msg));
+  sendRaw(text) {
+    this.channel.send(text);
   }
 
   /** Send this microphone track to the server (null stops sending); no renegotiation. */
@@ -167,24 +123,15 @@ export class RtcConnection {
     if (this.transceiver) await this.transceiver.sender.replaceTrack(track);
   }
 
-  /** Play the speech track in this <audio> element. */
+  /**
+   * Play the speech track in this <audio> element. Call it once the track is
+   * there (the 'track' event): Chromium leaves an element that was given the
+   * stream while it was still empty at HAVE_NOTHING.
+   */
   attachAudio(element) {
     element.srcObject = this.remoteStream;
     element.autoplay = true;
     return element.play().catch(() => {}); // resumes on the next gesture
-  }
-
-  startPing() {
-    this.stopPing();
-    const ping = () => {
-      if (this.isReady) this.channel.send(JSON.stringify({ type: 'ping', t: performance.now() }));
-    };
-    ping();
-    this.pingTimer = setInterval(ping, 15000);
-  }
-
-  stopPing() {
-    clearInterval(this.pingTimer);
   }
 }
 
