@@ -31,7 +31,7 @@ from typing import Any
 import browser
 import pytest
 
-pytestmark = pytest.mark.skipif(not browser.chromium_available(), reason=browser.skip_reason())
+pytestmark = pytest.mark.skipif(browser.browser_tests_skipped(), reason="MINESTREAM_SKIP_BROWSER=1")
 pytest.importorskip("aiortc")
 
 TOKEN = "rtc-page-token"
