@@ -48,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
     add("--engine", default="preview", help="engine-direct: which engine to build in this process (preview, qwen)")
     add("--levels", help=f"comma-separated concurrency levels (ramp default {','.join(map(str, RAMP))})")
     add("--level", type=int, help="one fixed level (same as --levels N)")
-    add("--model", "--load", dest="model", choices=("listeners", "saturation"), default="listeners")
+    add("--model", "--load", dest="model", choices=("listeners", "saturation"), default="listeners",
+        help="listeners: next text after playback and a pause (default); saturation: next text as soon as done arrives")
     add("--duration", type=float, default=40.0, help="seconds per level during which new utterances start")
     add("--warmup", type=float, default=5.0, help="seconds at the start of each level left out of the figures")
     add("--count", type=int, help="end a level once this many measured utterances are done")
@@ -145,11 +146,20 @@ def write(doc: dict[str, Any], out: Path, plots: bool) -> list[Path]:
     return paths
 
 
+def _names(a: Path, b: Path) -> tuple[str, str]:
+    """Short names for two result files: their stems, or their folders when the stems match (bench.json)."""
+    if a.stem != b.stem:
+        return a.stem, b.stem
+    if a.parent.name != b.parent.name:
+        return a.parent.name, b.parent.name
+    return "A", "B"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.compare:
         a, b = (load_json(p) for p in args.compare)
-        text = compare(a, b, (args.compare[0].stem if args.compare[0].stem != args.compare[1].stem else "A", "B"))
+        text = compare(a, b, _names(*args.compare))
         print(text)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)

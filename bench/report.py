@@ -65,13 +65,9 @@ def _group(samples: list[dict[str, Any]], key: str, value: str) -> dict[str, Any
 
 
 def best_level(levels: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The highest level reached with every level up to it passing (p95 TTFA under target, no underruns, no errors)."""
-    best = None
-    for level in sorted(levels, key=lambda lv: lv["level"]):
-        if not level["summary"]["ok"]:
-            break
-        best = level
-    return best
+    """The highest level that passes (p95 TTFA under target, no underruns, no errors)."""
+    passing = [lv for lv in levels if lv["summary"]["ok"]]
+    return max(passing, key=lambda lv: lv["level"]) if passing else None
 
 
 def document(config: dict[str, Any], environment: dict[str, Any], engine: dict[str, Any], levels: list[Level], note: str | None) -> dict[str, Any]:
@@ -166,9 +162,13 @@ def verdict(levels: list[dict[str, Any]], cfg: dict[str, Any]) -> str:
     if best is None:
         return f"**No level passes** (p95 TTFA < {cfg['target_ms']} ms, no underruns, no errors)."
     s = best["summary"]
-    return (f"**Highest passing level: {best['level']} sessions** (p95 TTFA {stats.fmt(s['ttfa_ms']['p95'])} ms < {cfg['target_ms']} ms, "
+    below = [str(lv["level"]) for lv in levels if lv["level"] < best["level"] and not lv["summary"]["ok"]]
+    text = (f"**Highest passing level: {best['level']} sessions** (p95 TTFA {stats.fmt(s['ttfa_ms']['p95'])} ms < {cfg['target_ms']} ms, "
             f"no underruns, no errors; p50 {stats.fmt(s['ttfa_ms']['p50'])} ms, server p50 {stats.fmt(s['server_ttfa_ms']['p50'])} ms, "
             f"{stats.fmt(s['audio_per_wall_s'], 1)} audio s per wall s).")
+    if below:
+        text += f" Lower levels that did not pass: {', '.join(below)} (see their rows)."
+    return text
 
 
 def _legend(cfg: dict[str, Any]) -> str:

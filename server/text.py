@@ -10,6 +10,9 @@ _END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|[。！？]")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "no", "mt"}
 _CLAUSE = re.compile(r"(?<=[,;:—])\s+")
 _FIRST_CLAUSE_WORDS = 3
+# A head clause: only for sentences long enough to be worth cutting, and only
+# a clause that is a phrase of its own (not "Yes," nor most of the sentence).
+_HEAD_OVER, _HEAD_MIN, _HEAD_MAX = 60, 12, 90
 
 
 def _ends_with_abbreviation(text: str) -> bool:
@@ -33,21 +36,23 @@ def _complete(text: str) -> tuple[list[str], str]:
     return [s for s in sentences if s], text[start:]
 
 
-def _cap(sentence: str, max_chars: int) -> list[str]:
-    """Cuts an over-long sentence at clause marks, then between words."""
-    if len(sentence) <= max_chars:
-        return [sentence]
+def clause_groups(sentence: str, max_chars: int, *, head: bool = False) -> list[str]:
+    """``sentence`` in pieces of at most ``max_chars``, cut at clause marks, else between words.
+
+    With ``head``, a long sentence's first clause (if it is a phrase worth
+    saying alone) is its own piece: it can be spoken while the rest is made.
+    """
+    clauses = [c.strip() for c in _CLAUSE.split(sentence) if c.strip()]
     pieces: list[str] = []
+    if head and len(sentence) > _HEAD_OVER and clauses and _HEAD_MIN <= len(clauses[0]) <= _HEAD_MAX:
+        pieces.append(clauses.pop(0))
     current = ""
-    for clause in _CLAUSE.split(sentence):
-        for word in clause.split():
+    for clause in clauses:
+        for word in clause.split() if len(clause) > max_chars else [clause]:
             if current and len(current) + 1 + len(word) > max_chars:
                 pieces.append(current)
                 current = ""
             current = f"{current} {word}" if current else word[:max_chars]
-        if len(current) >= max_chars // 2:
-            pieces.append(current)
-            current = ""
     if current:
         pieces.append(current)
     return pieces
@@ -58,7 +63,7 @@ def split_sentences(text: str, max_chars: int = 400) -> list[str]:
     sentences, rest = _complete(text + " ")
     if rest.strip():
         sentences.append(rest.strip())
-    return [piece for s in sentences for piece in _cap(s, max_chars)]
+    return [piece for s in sentences for piece in clause_groups(s, max_chars)]
 
 
 class SentenceBuffer:
@@ -85,7 +90,7 @@ class SentenceBuffer:
             head, _, tail = self._pending.rpartition(" ")
             sentences.append(head.strip())
             self._pending = tail
-        released = [piece for s in sentences if s for piece in _cap(s, self.max_chars)]
+        released = [piece for s in sentences if s for piece in clause_groups(s, self.max_chars)]
         self._started = self._started or bool(released)
         return released
 

@@ -8,7 +8,9 @@ the timbre stays the bundled voice's. Qwen3-TTS does both for real.
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +19,7 @@ import numpy as np
 import soxr
 
 from ..errors import EngineError
+from ..text import clause_groups
 from .base import SAMPLE_RATE, Engine, EngineInfo, Reference, SynthesisRequest, Voice
 from .prosody import Style, median_pitch, speaking_rate, style_from_description, style_matching
 from .scheduler import WorkerPool
@@ -26,6 +29,8 @@ NOTE = (
     "cloning by moving pitch, pace and energy. Qwen3-TTS designs and clones voices for real."
 )
 CHUNK_SAMPLES = SAMPLE_RATE // 10
+JOB_MAX_CHARS = 100
+_NEXT_PIECE_MARGIN_S = 0.5
 _CALIBRATION = "The quick brown fox jumps over the lazy dog, and then it runs away into the forest."
 
 
@@ -107,13 +112,19 @@ class PreviewEngine(Engine):
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
         style = await self._style(request.voice, request.due)
-        text = request.text
-        try:
-            audio = await self.pool.submit(request.due, lambda v: _render(v, text, style))
-        except (EngineError, ValueError, RuntimeError) as exc:
-            raise EngineError(f"synthesis failed: {exc}") from exc
-        for start in range(0, len(audio), CHUNK_SAMPLES):
-            yield audio[start : start + CHUNK_SAMPLES]
+        due = request.due
+        # Piper renders a job whole and a worker cannot be interrupted, so the
+        # job size bounds both the first audio of a long sentence and how long
+        # an urgent job can wait behind one that is already running.
+        for text in clause_groups(request.text, JOB_MAX_CHARS, head=request.first):
+            try:
+                audio = await self.pool.submit(due, functools.partial(_render, text=text, style=style))
+            except (ValueError, RuntimeError) as exc:
+                raise EngineError(f"synthesis failed: {exc}") from exc
+            # The next piece is needed once this one has played, less a margin.
+            due = max(due, time.monotonic()) + len(audio) / SAMPLE_RATE - _NEXT_PIECE_MARGIN_S
+            for start in range(0, len(audio), CHUNK_SAMPLES):
+                yield audio[start : start + CHUNK_SAMPLES]
 
     async def _style(self, voice: Voice, due: float) -> Style:
         if voice.design is not None:
