@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     add("--design-model", default=Settings.design_model, help="VoiceDesign model: hub id or local directory")
     add("--base-model", default=Settings.base_model, help="Base (clone) model: hub id or local directory")
     add("--preview-workers", type=int, help="preview engine worker threads (default: one per core, at most 4)")
+    add("--preview-threads", type=int, default=Settings.preview_threads, help="threads per preview worker (default 2)")
     add("--token", help="require this token (default: one generated in the data dir when not on loopback)")
     add("--allow-origin", action="append", default=[], help="extra browser Origin allowed to open the socket (repeatable)")
     add("--ice-host", action="append", default=[], help="WebRTC: only offer host candidates on this address (repeatable)")
@@ -59,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         design_model=args.design_model,
         base_model=args.base_model,
         preview_workers=args.preview_workers,
+        preview_threads=args.preview_threads,
         token=args.token,
         allowed_origins=tuple(args.allow_origin),
         ice_hosts=tuple(args.ice_host),

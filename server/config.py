@@ -40,6 +40,8 @@ class Settings:
     design_model: str = "Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign"
     base_model: str = "Qwen/Qwen3-TTS-12Hz-1.7B-Base"
     preview_workers: int | None = None
+    preview_threads: int = 2
+    """Threads per Piper instance: 2 halves a lone sentence's latency on 2 cores; 1 is leaner under heavy load."""
     token: str | None = None
     """An explicit token; when None one is generated where one is required."""
     require_token: bool | None = None

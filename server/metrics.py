@@ -36,3 +36,6 @@ def _codes(cls: type[MineStreamError]) -> set[str]:
 # before the first error of a kind (an absent series reads as "no data").
 for _code in sorted(_codes(MineStreamError)):
     ERRORS.labels(_code)
+QUEUE_WAIT = Histogram(
+    "minestream_engine_queue_wait_seconds", "Time an engine job waited for a worker", buckets=_LATENCY
+)

@@ -12,7 +12,7 @@ _CLAUSE = re.compile(r"(?<=[,;:—])\s+")
 _FIRST_CLAUSE_WORDS = 3
 # A head clause: only for sentences long enough to be worth cutting, and only
 # a clause that is a phrase of its own (not "Yes," nor most of the sentence).
-_HEAD_OVER, _HEAD_MIN, _HEAD_MAX = 60, 12, 90
+_HEAD_OVER, _HEAD_MIN, _HEAD_MAX = 24, 8, 90
 
 
 def _ends_with_abbreviation(text: str) -> bool:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from server.text import SentenceBuffer, split_sentences
+from server.text import SentenceBuffer, clause_groups, split_sentences
 
 
 def test_sentences_split_at_end_marks_not_abbreviations() -> None:
@@ -32,3 +32,13 @@ def test_runaway_text_without_punctuation_is_released_in_pieces() -> None:
     buffer = SentenceBuffer(max_chars=50)
     released = [s for _ in range(40) for s in buffer.push("word ")]
     assert released and all(len(s) <= 50 for s in released)
+
+
+def test_a_long_first_sentence_gives_its_first_clause_alone() -> None:
+    sentence = "When the sunlight strikes raindrops in the air, they act as a prism and form a rainbow."
+    assert clause_groups(sentence, 100, head=True) == [
+        "When the sunlight strikes raindrops in the air,",
+        "they act as a prism and form a rainbow.",
+    ]
+    assert clause_groups(sentence, 100) == [sentence]
+    assert clause_groups("Yes, I will.", 100, head=True) == ["Yes, I will."]  # too short to cut

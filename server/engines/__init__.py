@@ -22,7 +22,7 @@ def create_engine(settings: Settings) -> Engine:
     if choice == "preview":
         from .preview import PreviewEngine
 
-        return PreviewEngine(workers=settings.preview_workers)
+        return PreviewEngine(workers=settings.preview_workers, threads_per_worker=settings.preview_threads)
     raise ValueError(f"unknown engine {settings.engine!r}: choose auto, preview or qwen")
 
 

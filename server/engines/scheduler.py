@@ -14,10 +14,12 @@ import asyncio
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from .. import metrics
 from ..errors import Unavailable
 
 M = TypeVar("M")
@@ -31,6 +33,7 @@ class _Job:
     fn: Callable[[Any], Any] = field(compare=False)
     future: asyncio.Future[Any] = field(compare=False)
     loop: asyncio.AbstractEventLoop = field(compare=False)
+    submitted: float = field(compare=False, default_factory=time.monotonic)
 
 
 class WorkerPool(Generic[M]):
@@ -89,7 +92,9 @@ class WorkerPool(Generic[M]):
                     heapq.heappop(self._heap)
                 if self._heap:
                     self.busy += 1
-                    return heapq.heappop(self._heap)
+                    job = heapq.heappop(self._heap)
+                    metrics.QUEUE_WAIT.observe(time.monotonic() - job.submitted)
+                    return job
                 if self._closed:
                     return None
                 self._cond.wait()
