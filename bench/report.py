@@ -153,6 +153,8 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     if doc.get("note"):
         lines += ["", f"_{doc['note']}_"]
+    if doc.get("engine", {}).get("transport_note"):
+        lines += ["", f"_{doc['engine']['transport_note']}_"]
     lines += ["", _legend(cfg)]
     return "\n".join(lines) + "\n"
 

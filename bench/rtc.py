@@ -16,6 +16,20 @@ The server must run with ``--ice-host 127.0.0.1``: the client gathers on
   hold a connected peer and speak, per session, as a share of one core.
 
 Results are printed and written to the "WebRTC" section of bench/RESULTS.md.
+
+``transport(options)`` (``RtcTransport``) is the same client as a transport for
+the load generator: ``python -m bench --transport webrtc --url
+wss://127.0.0.1:PORT/v1/stream --ca certs/ca.pem``. Each simulated person gets
+its own peer connection; ``speak`` goes over the data channel and the
+utterance's audio is what the received track plays, 48 kHz int16 mono, with
+the moment each 20 ms frame left aiortc's jitter buffer. A WebRTC track
+carries silence between utterances, so an utterance's audio starts at the
+first non-silent frame (any sample above -60 dBFS) after ``speak``: the
+client-side TTFA over WebRTC is ``speak`` sent -> that frame, jitter buffer
+included. It ends once ``done`` has arrived and the track has been quiet for
+60 ms (at most 300 ms after ``done``: the frames still in flight). "heard"
+stays the first sample above -40 dBFS. The cloned voice is made and deleted
+over wss and the HTTP API, like ``WssTransport`` does.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import av
 import httpx
@@ -44,6 +59,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from client import Client, ssl_context
 from server.reference import EDGE_PAD_S
 from server.rtc import restrict_host_candidates
+
+from .transport import ChunkCallback, Outcome, Stream, VoiceSpec, WssOptions, WssTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -308,6 +325,166 @@ class OfferRefused(Exception):
         super().__init__(f"{status}: {body[:300]}")
         self.status = status
         self.body = body
+
+
+# --- the load generator's transport: python -m bench --transport webrtc ------------
+
+LOUD_I16 = SILENT * 32768
+TAIL_QUIET_FRAMES = 3
+"""After ``done``: the utterance ends once this many frames in a row were silent (60 ms)..."""
+TAIL_MAX_S = 0.3
+"""...or this long after ``done`` (what is still in flight: the jitter buffer's 80 ms and the network)."""
+TRANSPORT_NOTE = (
+    "WebRTC: client TTFA is speak -> the first non-silent frame out of the aiortc client's jitter buffer "
+    "(the track carries silence between utterances); heard is the first sample above -40 dBFS."
+)
+
+
+class _Tap(Heard):
+    """Hands each received frame (perf_counter arrival, mono int16) to ``sink``; keeps nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sink: Any = None
+
+    def add(self, frame: av.AudioFrame) -> None:
+        received = time.perf_counter()
+        data = frame.to_ndarray().reshape(-1)
+        channels = len(frame.layout.channels)
+        mono = data.reshape(-1, channels)[:, 0] if channels > 1 else data
+        if self.sink is not None:
+            self.sink(received, to_int16(mono) if mono.dtype != np.int16 else mono)
+
+
+@dataclass
+class _Utterance:
+    on_chunk: ChunkCallback
+    started: bool = False
+    done_at: float | None = None
+    quiet: int = 0
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RtcStream:
+    """One simulated person: a peer connection; one utterance at a time."""
+
+    def __init__(self, client: RtcClient) -> None:
+        self.client = client
+        self._current: _Utterance | None = None
+        tap = _Tap()
+        tap.sink = self._frame
+        client.heard = tap
+
+    def _frame(self, received: float, pcm: np.ndarray) -> None:
+        u = self._current
+        if u is None or u.finished.is_set():
+            return  # silence between utterances
+        loud = len(pcm) > 0 and float(np.abs(pcm.astype(np.int32)).max()) > LOUD_I16
+        if u.started or loud:
+            u.started = True
+            u.on_chunk(received, pcm)
+        if u.done_at is not None and received >= u.done_at:
+            u.quiet = 0 if loud else u.quiet + 1
+            if (u.started and u.quiet >= TAIL_QUIET_FRAMES) or received - u.done_at >= TAIL_MAX_S:
+                u.finished.set()
+
+    async def utter(self, text: str, voice: VoiceSpec, on_chunk: ChunkCallback) -> Outcome:
+        client = self.client
+        client.messages.clear()  # earlier utterances' messages: nobody waits on them
+        u = self._current = _Utterance(on_chunk)
+        outcome = Outcome(time.perf_counter())
+        try:
+            uid, _ = client.speak(text, design=voice.design, voice_id=voice.voice_id if voice.mode == "clone" else None)
+            message = await self._wait(lambda m: m.get("id") == uid and m["type"] in ("done", "error"))
+            if message is not None and message["type"] == "error":
+                outcome.error = str(message.get("code", "error"))
+                message = None if message.get("fatal") else await self._wait(lambda m: m.get("id") == uid and m["type"] == "done", 10)
+            if message is None:
+                outcome.error = outcome.error or "closed"
+                return outcome
+            outcome.done = message
+            u.done_at = time.perf_counter()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(u.finished.wait(), TAIL_MAX_S + 0.1)  # the track may have stopped
+            return outcome
+        finally:
+            u.finished.set()
+            self._current = None
+
+    async def _wait(self, match: Any, timeout: float | None = None) -> dict[str, Any] | None:
+        """The matching message, or None once the peer connection is gone (or ``timeout`` passed)."""
+        waiter = asyncio.ensure_future(self.client.wait_for(match, timeout=timeout or 1e9))
+        try:
+            while True:
+                finished, _ = await asyncio.wait({waiter}, timeout=1.0)
+                if finished:
+                    try:
+                        return waiter.result()
+                    except asyncio.TimeoutError:
+                        return None
+                if self.client.pc.connectionState in ("failed", "closed") or self.client.channel.readyState == "closed":
+                    return None
+        finally:
+            waiter.cancel()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class RtcTransport:
+    """``--transport webrtc``: a peer connection per stream; wss and HTTP only for setup (voices, /healthz, /metrics)."""
+
+    name = "webrtc"
+    sample_rate = RATE
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+        self.wss = WssTransport(WssOptions(options.url, options.ca, options.insecure, options.token))
+        parts = urlsplit(options.url)
+        if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise SystemExit("--transport webrtc: the client gathers on 127.0.0.1 only; give a loopback --url (server run with --ice-host 127.0.0.1)")
+        scheme = "http" if parts.scheme in ("ws", "http") else "https"
+        self.base_url = urlunsplit((scheme, parts.netloc, "", "", ""))
+        self.ssl = ssl_context(options.ca, insecure=options.insecure)
+
+    async def _connect(self) -> RtcClient:
+        try:
+            return await RtcClient.connect(self.base_url, ca=self.ssl, token=self.options.token)
+        except (OfferRefused, RuntimeError, httpx.HTTPError) as exc:
+            raise ConnectionError(f"WebRTC session refused: {exc}") from exc  # an OSError: the load counts it
+
+    async def start(self) -> dict[str, Any]:
+        client = await self._connect()
+        try:
+            info: dict[str, Any] = {"engine": client.ready.get("engine", {}), "limits": client.ready.get("limits", {})}
+        finally:
+            await client.close()
+        async with self.http() as http:
+            response = await http.get("/healthz")
+            if response.status_code == 200:
+                info["health"] = response.json()
+        info["transport_note"] = TRANSPORT_NOTE
+        return info
+
+    async def clone_voice(self, design: str, text: str) -> str:
+        return await self.wss.clone_voice(design, text)
+
+    async def open(self) -> Stream:
+        return RtcStream(await self._connect())
+
+    async def close(self) -> None:
+        await self.wss.close()
+
+    def metrics_url(self) -> str:
+        return self.base_url + "/metrics"
+
+    def http(self) -> httpx.AsyncClient:
+        return self.wss.http()
+
+
+def transport(options: Any) -> RtcTransport:
+    """What ``bench.transport.make_transport("webrtc", options)`` calls (``url``, ``ca``, ``insecure``, ``token``)."""
+    return RtcTransport(options)
 
 
 # --- measurements ------------------------------------------------------------------

@@ -266,7 +266,8 @@ def test_one_model_mode_swaps_on_demand(qwen_tiny_models) -> None:
     assert seen[0]["memory_mode"] == "one" and seen[0]["resident"] == ["base"]
     assert [h["resident"] for h in seen[1:4]] == [["design"], ["base"], ["design"]]
     assert [h["swaps"] for h in seen[1:4]] == [1, 2, 3] and seen[3]["last_swap_s"] > 0
-    assert len(seen[4]["resident"]) == 1 and seen[4]["swaps"] >= 3
+    # Mixed concurrent requests take turns: a swap or two more, not a swap storm.
+    assert len(seen[4]["resident"]) == 1 and 3 <= seen[4]["swaps"] <= 5
 
 
 def test_both_models_resident_when_they_fit(qwen_tiny_models) -> None:

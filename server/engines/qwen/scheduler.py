@@ -134,9 +134,16 @@ class Scheduler:
                 self.manager.release(self.kind)
 
     def _serve(self, tts: Any, talker: Talker) -> None:
-        """Run until nothing is active and nothing may be admitted."""
+        """One turn with the model: run until nothing is active and nothing may be admitted.
+
+        The jobs already waiting when the turn begins are all admitted even if
+        the other model wants the memory: yielding at once would hand the
+        model back and forth without either side serving anyone.
+        """
+        first = True
         while not self._closed:
-            self._admit(tts, talker)
+            self._admit(tts, talker, turn_start=first)
+            first = False
             self._active = [j for j in self._active if not j.cancelled.is_set() and not j.state.done]
             if not self._active:
                 with self._cond:
@@ -155,8 +162,8 @@ class Scheduler:
             for job in self._active:
                 job.collect()
 
-    def _admit(self, tts: Any, talker: Talker) -> None:
-        while len(self._active) < self.max_active and not self.manager.should_yield(self.kind):
+    def _admit(self, tts: Any, talker: Talker, *, turn_start: bool = False) -> None:
+        while len(self._active) < self.max_active and (turn_start or not self.manager.should_yield(self.kind)):
             with self._cond:
                 if not self._pending:
                     return
