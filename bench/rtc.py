@@ -71,7 +71,7 @@ TEXT = "Hello there, how are you today?"
 NOTE = (
     "Where WebRTC's extra time goes: the aiortc client's receive jitter buffer (a frame leaves when 4 newer ones are in: 80 ms), "
     "Opus look-ahead (6.5 ms) and the 20 ms frame clock; the server sends the first speech frame ~2 ms after the engine's first audio. "
-    "The track drops the engine's lead-in silence before the first word (about 36 ms for Piper); WebSocket audio keeps it."
+    "Both transports drop the engine's lead-in silence before the first word (about 36 ms for Piper; server/speech.py)."
 )
 DESIGN = "a warm, calm narrator"
 

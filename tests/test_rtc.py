@@ -201,3 +201,19 @@ async def test_peer_vanishing_mid_utterance_leaves_others_alone(live: LiveServer
     finally:
         await other.close()
     await sessions_become(live, 0)
+
+
+async def test_shutdown_closes_live_peers(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Stopping the server mid-utterance closes its peer connections and exits cleanly."""
+    live = server_factory("--ice-host", "127.0.0.1", token=TOKEN)
+    client = await connect(live)
+    try:
+        _, sent = client.speak(LONG)
+        await client.heard.wait_until(lambda heard: heard.first_sound_after(sent) is not None, timeout=10)
+        began = time.monotonic()
+        await asyncio.to_thread(live.stop)
+        assert time.monotonic() - began < 10, "shutdown waited on the peer"
+        assert live.process is not None and live.process.returncode == 0, live.log()
+        assert "Traceback" not in live.log()
+    finally:
+        await client.close()
