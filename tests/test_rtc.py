@@ -1,7 +1,7 @@
 """WebRTC sessions against the real server, with an aiortc client on loopback.
 
 The server runs with ``--ice-host 127.0.0.1`` and the client gathers on
-127.0.0.1 only (``bench.rtc.RtcClient``): nothing else is offered or contacted.
+127.0.0.1 only (``bench.rtc_client.RtcClient``): nothing else is offered or contacted.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ pytest.importorskip("aiortc")
 from aiortc import RTCConfiguration, RTCPeerConnection  # noqa: E402
 from conftest import LiveServer  # noqa: E402
 
-from bench.rtc import FRAME, RATE, SILENT, OfferRefused, RtcClient, read_wav_48k  # noqa: E402
+from bench.rtc_client import FRAME, RATE, SILENT, OfferRefused, RtcClient, read_wav_48k  # noqa: E402
 from server.rtc import restrict_host_candidates  # noqa: E402
 
 TOKEN = "rtc-test-token"
