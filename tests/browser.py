@@ -19,6 +19,7 @@ import shutil
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 CHROMIUM = Path(os.environ.get("MINESTREAM_CHROMIUM", "/usr/bin/chromium"))
 
@@ -166,3 +167,14 @@ def console_collector(page) -> list[str]:
     page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     return errors
+
+
+LONG_TEXT = "This is a long text that keeps going, so that it can be stopped in the middle. " * 6
+
+
+def speak_long_until_audible(page: Any, peak: str, last: str) -> None:
+    """Speak a long text and return once its audio is really coming out (``peak`` is a JS expression)."""
+    page.fill("#text", LONG_TEXT)
+    page.click("#speak")
+    page.wait_for_function(f"{last} && {last}.fig.ttfaHeard !== undefined", timeout=30000)
+    page.wait_for_function(f"{peak} > 0.01", timeout=5000)

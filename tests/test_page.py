@@ -189,22 +189,20 @@ def test_record_clone_then_speak_with_it(page, server, shots):
 
 
 def test_stop_cuts_playback_and_generation(page, shots):
-    page.fill("#text", "This is a long text that keeps going, so that it can be stopped in the middle. " * 6)
-    page.click("#speak")
-    page.wait_for_function(f"{LAST} && {LAST}.fig.ttfaHeard !== undefined", timeout=30000)
-    time.sleep(0.4)
-    assert page.evaluate("window.minestream.player.outputPeak()") > 0.01
+    browser.speak_long_until_audible(page, "window.minestream.player.outputPeak()", LAST)
     page.click("#stop")
     stopped = time.monotonic()
     page.wait_for_function("window.minestream.player.stats.state === 'idle'", timeout=2000)
-    time.sleep(0.1)  # the analyser's window (2048 frames) empties
+    # The analyser still holds its last 2048 frames; once it empties, it must stay empty.
+    page.wait_for_function("window.minestream.player.outputPeak() < 1e-4", timeout=1000)
     quiet = sample(page, "window.minestream.player.outputPeak()", n=10, interval=0.03)
     assert max(quiet) < 1e-4, f"still playing after Stop: {quiet}"
     assert time.monotonic() - stopped < 1.5
 
     uid = page.evaluate(f"{LAST}.id")
     page.wait_for_function(f"window.minestream.log.some(e => e.kind === 'done' && e.id === '{uid}')", timeout=5000)
-    time.sleep(0.7)  # anything still coming for this id would arrive by now
+    # An absence needs a window: audio for this id, were any still queued, would come within it.
+    time.sleep(0.7)
     log = [e for e in page.evaluate("window.minestream.log") if e.get("id") == uid]
     kinds = [e["kind"] for e in log]
     done = kinds.index("done")

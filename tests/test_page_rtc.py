@@ -151,11 +151,7 @@ def test_page_switches_to_webrtc_records_speaks_and_stops(server_factory, tmp_pa
         page.screenshot(path=shots / "rtc-03-spoken.png", full_page=True)
 
         # --- Stop mid-utterance silences it ---------------------------------------------------
-        page.fill("#text", "This is a long text that keeps going, so that it can be stopped in the middle. " * 6)
-        page.click("#speak")
-        page.wait_for_function(f"{LAST} && {LAST}.fig.ttfaHeard !== undefined", timeout=30000)
-        time.sleep(0.4)
-        assert page.evaluate("window.minestream.rtcOut.outputPeak()") > 0.01
+        browser.speak_long_until_audible(page, "window.minestream.rtcOut.outputPeak()", LAST)
         page.click("#stop")
         stopped = time.monotonic()
         assert page.evaluate("window.minestream.rtcOut.el.muted")  # what is still in flight is not heard
@@ -164,7 +160,7 @@ def test_page_switches_to_webrtc_records_speaks_and_stops(server_factory, tmp_pa
         # The track itself falls silent: the server dropped the rest at once.
         page.wait_for_function("window.minestream.rtcOut.trackPeak() < 1e-3", timeout=1500)
         silent_ms = (time.monotonic() - stopped) * 1000
-        time.sleep(0.3)
+        time.sleep(0.3)  # an absence needs a window: the track must stay silent, not just dip
         quiet = [page.evaluate("window.minestream.rtcOut.trackPeak()") for _ in range(8)]
         assert max(quiet) < 1e-3, f"still playing after Stop: {quiet}"
         assert page.text_content("#talk-status") == "Stopped." and page.is_disabled("#stop")
