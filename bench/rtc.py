@@ -49,9 +49,10 @@ import httpx
 import numpy as np
 
 from client import Client, ssl_context
+from server.audio import to_int16
 from server.reference import EDGE_PAD_S
 
-from .rtc_client import DESIGN, NOTE, RATE, RESULTS, SILENT, TEXT, Heard, OfferRefused, RtcClient, to_int16
+from .rtc_client import DESIGN, NOTE, RATE, RESULTS, SILENT, TEXT, Heard, OfferRefused, RtcClient
 from .transport import ChunkCallback, Outcome, Stream, VoiceSpec, WssOptions, WssTransport
 
 # --- the load generator's transport: python -m bench --transport webrtc ------------
@@ -80,7 +81,7 @@ class _Tap(Heard):
         channels = len(frame.layout.channels)
         mono = data.reshape(-1, channels)[:, 0] if channels > 1 else data
         if self.sink is not None:
-            self.sink(received, to_int16(mono) if mono.dtype != np.int16 else mono)
+            self.sink(received, to_int16(mono))
 
 
 @dataclass

@@ -29,6 +29,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from client import ssl_context
+from server.audio import to_int16
 from server.rtc import restrict_host_candidates
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,12 +96,6 @@ class MicTrack(MediaStreamTrack):
         frame.sample_rate, frame.pts, frame.time_base = RATE, self._sent * FRAME, fractions.Fraction(1, RATE)
         self._sent += 1
         return frame
-
-
-def to_int16(pcm: np.ndarray) -> np.ndarray:
-    if pcm.dtype == np.int16:
-        return pcm
-    return (np.clip(pcm, -1, 1) * 32767).round().astype(np.int16)
 
 
 def read_wav_48k(path: Path) -> np.ndarray:

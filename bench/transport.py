@@ -11,10 +11,8 @@ and ``--transport webrtc`` picks it up (see ``make_transport``).
 from __future__ import annotations
 
 import asyncio
-import io
 import ssl as ssl_module
 import time
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +23,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from client import Client, ServerError, ssl_context
+from server.audio import wav_bytes
 
 SAMPLE_RATE = 24000
 ChunkCallback = Callable[[float, np.ndarray], None]
@@ -156,7 +155,7 @@ class WssTransport:
         client = await self._connect()
         try:
             speech = await client.say(text, design=design)
-            reply = await client.upload_voice(to_wav(speech.pcm(), client.sample_rate), name="bench (temporary)", ref_text=text, mime="audio/wav")
+            reply = await client.upload_voice(wav_bytes(speech.pcm(), client.sample_rate), name="bench (temporary)", ref_text=text, mime="audio/wav")
         finally:
             await client.close()
         self._voices.append(reply["voice_id"])
@@ -172,16 +171,6 @@ class WssTransport:
             for voice_id in self._voices:
                 await http.delete(f"/v1/voices/{voice_id}")
         self._voices.clear()
-
-
-def to_wav(pcm: np.ndarray, rate: int) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
 
 
 def make_transport(kind: str, options: Any) -> Transport:

@@ -13,12 +13,18 @@ import soxr
 from .engines.base import SAMPLE_RATE
 
 
+def to_int16(pcm: np.ndarray) -> np.ndarray:
+    """float32 [-1, 1] to 16-bit samples (int16 passes through)."""
+    if pcm.dtype == np.int16:
+        return pcm
+    return (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype(np.int16)
+
+
 def to_pcm_bytes(pcm: np.ndarray, fmt: str) -> bytes:
     """float32 [-1, 1] to the wire format of protocol v1."""
     if fmt == "pcm_f32le":
         return np.ascontiguousarray(pcm, dtype="<f4").tobytes()
-    clipped = np.clip(pcm, -1.0, 1.0)
-    return (clipped * 32767.0).round().astype("<i2").tobytes()
+    return to_int16(pcm).astype("<i2", copy=False).tobytes()
 
 
 def from_pcm_bytes(data: bytes, fmt: str) -> np.ndarray:

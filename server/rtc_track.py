@@ -30,7 +30,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .audio import StreamResampler
+from .audio import StreamResampler, to_int16
 from .engines.base import SAMPLE_RATE
 from .errors import BadMessage, UnsupportedAudio
 from .ingest import MonoSink, frame_to_mono
@@ -220,10 +220,6 @@ class SpeechTrack(MediaStreamTrack):
 def _resolve(waiter: asyncio.Future[bool], value: bool) -> None:
     if not waiter.done():
         waiter.set_result(value)
-
-
-def to_int16(pcm: np.ndarray) -> np.ndarray:
-    return (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype(np.int16)
 
 
 class TrackSink:
