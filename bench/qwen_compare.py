@@ -74,7 +74,7 @@ def _sync() -> None:
 
 def _row(runner: str, voice: str, n: int, ttfa: list[float], walls: list[float], audio: list[float], steps: float) -> dict[str, Any]:
     frames = round(statistics.median(audio) * SAMPLE_RATE / SAMPLES_PER_FRAME)
-    return {
+    row = {
         "runner": runner,
         "voice": voice,
         "streams": n,
@@ -86,6 +86,8 @@ def _row(runner: str, voice: str, n: int, ttfa: list[float], walls: list[float],
         "audio_s": statistics.median(audio),
         "frames": frames,
     }
+    print("row", json.dumps(row), flush=True)  # a run cut off by its time limit still shows what it measured
+    return row
 
 
 # -- upstream one-shot -------------------------------------------------------
@@ -154,8 +156,8 @@ def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-def _faster_stream(model: Any, voice: str, frames: int | None, sampling: dict[str, Any], ref_wav: str) -> Callable[[], Any]:
-    common: dict[str, Any] = {"text": TEXT, "language": "english", "chunk_size": 4, **sampling}
+def _faster_stream(model: Any, voice: str, frames: int | None, sampling: dict[str, Any], ref_wav: str, chunk: int) -> Callable[[], Any]:
+    common: dict[str, Any] = {"text": TEXT, "language": "english", "chunk_size": chunk, **sampling}
     if frames:
         common.update(max_new_tokens=frames, min_new_tokens=frames)
     if voice == "design":
@@ -181,9 +183,16 @@ def _faster_one(stream: Callable[[], Any], started: float) -> tuple[float, float
 
 
 def run_faster(
-    dirs: dict[str, str], voices: Iterable[str], streams: Iterable[int], *, frames: int | None, device: str, dtype: Any
+    dirs: dict[str, str],
+    voices: Iterable[str],
+    streams: Iterable[int],
+    *,
+    frames: int | None,
+    device: str,
+    dtype: Any,
+    chunks: Iterable[int] = (4,),
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Rows, or no rows and why faster-qwen3-tts was skipped."""
+    """Rows, or no rows and why faster-qwen3-tts was skipped; one set per chunk size (frames per chunk)."""
     if (why := faster_unavailable(device)) is not None:
         return [], why
     import soundfile as sf
@@ -203,16 +212,19 @@ def run_faster(
         load = _accepted(FasterQwen3TTS.from_pretrained, {"device": device, "dtype": dtype})
         try:
             model = FasterQwen3TTS.from_pretrained(dirs[voice], **load)
-            stream = _faster_stream(model, voice, frames, sampling, ref_wav)
-            _faster_one(stream, time.perf_counter())  # warm-up: captures the CUDA graphs
+            _faster_one(_faster_stream(model, voice, frames, sampling, ref_wav, 4), time.perf_counter())  # captures graphs
         except Exception as exc:  # a release whose API moved again: say so, keep the other rows
             return rows, f"faster-qwen3-tts failed on {voice}: {type(exc).__name__}: {exc}"
-        for n in streams:
-            started = time.perf_counter()
-            runs = [_faster_one(stream, started) for _ in range(n)]
-            audio = [a for _, _, a in runs]
-            solo = runs[0][1] / max(1.0, audio[0] * SAMPLE_RATE / SAMPLES_PER_FRAME)
-            rows.append(_row("faster-qwen3-tts", voice, n, [t for t, _, _ in runs], [w for _, w, _ in runs], audio, solo * n))
+        for chunk in chunks:
+            stream = _faster_stream(model, voice, frames, sampling, ref_wav, chunk)
+            for n in streams:
+                started = time.perf_counter()
+                runs = [_faster_one(stream, started) for _ in range(n)]
+                audio = [a for _, _, a in runs]
+                solo = runs[0][1] / max(1.0, audio[0] * SAMPLE_RATE / SAMPLES_PER_FRAME)
+                walls = [w for _, w, _ in runs]
+                label = f"faster-qwen3-tts (chunk {chunk})"
+                rows.append(_row(label, voice, n, [t for t, _, _ in runs], walls, audio, solo * n))
         del model
         _free()
     return rows, None
@@ -246,6 +258,24 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['runner']} | {r['voice']} | {r['streams']} | {r['ttfa_ms_p50']:.0f} | {r['ttfa_ms_max']:.0f} "
             f"| {r['step_ms']:.1f} | {r['step_ms_per_stream']:.2f} | {r['rtf']:.3f} | {1 / max(r['rtf'], 1e-9):.2f} | {r['frames']} |"
         )
+    return "\n".join(lines)
+
+
+def phase_table(rows: list[dict[str, Any]], phases: tuple[str, ...]) -> str:
+    """Where the engine's time to first audio goes (medians, ms), for the rows that timed it."""
+    timed = [r for r in rows if r.get("phases_ms")]
+    if not timed:
+        return ""
+    lines = [
+        "TTFA by phase (median ms): queue = waiting for the model thread, prompt = upstream's prompt "
+        "building, prefill, frames = generating the first chunk, decode = its codec decode.",
+        "",
+        "| runner | voice | streams | queue | prompt | prefill | frames | decode |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in timed:
+        cells = " | ".join(f"{r['phases_ms'].get(p, 0):.1f}" for p in phases)
+        lines.append(f"| {r['runner']} | {r['voice']} | {r['streams']} | {cells} |")
     return "\n".join(lines)
 
 

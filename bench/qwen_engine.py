@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import statistics
 import tempfile
 import time
@@ -70,11 +71,28 @@ async def _one(engine: QwenEngine, voice: Voice) -> dict[str, float]:
     return {"ttfa": first or wall, "wall": wall, "audio": samples / SAMPLE_RATE}
 
 
+PHASES = ("admitted", "prompt", "prefill", "frames", "decoded")
+"""Job.marks in order: queue wait, prompt building, prefill, the first chunk's frames, its decode."""
+
+
+def _phases(jobs: list[dict[str, float]]) -> dict[str, float]:
+    """Median milliseconds each phase before the first audio took."""
+    done = [j for j in jobs if all(k in j for k in PHASES)]
+    if not done:
+        return {}
+    out = {}
+    for before, phase in zip(("submitted", *PHASES), PHASES, strict=False):
+        out[phase] = 1000 * statistics.median(j[phase] - j[before] for j in done)
+    return out
+
+
 async def _level(engine: QwenEngine, voice: Voice, n: int, rounds: list) -> dict[str, Any]:
     rounds.clear()
+    engine.recent_jobs.clear()
     results = await asyncio.gather(*(_one(engine, voice) for _ in range(n)))
     full = [dt for width, dt in rounds if width == n] or [dt for _, dt in rounds]
     return {
+        "phases_ms": _phases(list(engine.recent_jobs)),
         "streams": n,
         "ttfa_ms_p50": 1000 * statistics.median(r["ttfa"] for r in results),
         "ttfa_ms_max": 1000 * max(r["ttfa"] for r in results),
@@ -118,6 +136,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         dtype=args.dtype,
         generation=generation,
         max_frames=max(args.frames or 0, 1500),
+        decode=args.decode,
     )
     await engine.start()
     if args.suppress_eos:
@@ -127,8 +146,12 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         with _instrument() as rounds:
             for kind, voice in _voices(args.voices):
                 await _one(engine, voice)  # warm-up: first-call allocations, prompt cache
-                for n in args.streams:
-                    rows.append({"runner": "engine", "voice": kind, **await _level(engine, voice, n, rounds)})
+                for first in args.first_chunk:
+                    engine.chunk_frames = (first, engine.chunk_frames[1])
+                    runner = f"engine ({engine.health()['decode']}, first chunk {first})"
+                    for n in args.streams:
+                        rows.append(row := {"runner": runner, "voice": kind, **await _level(engine, voice, n, rounds)})
+                        print("row", json.dumps(row), flush=True)
     finally:
         await engine.close()
     return rows
@@ -148,7 +171,9 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
         eos = not args.suppress_eos
         rows += compare.run_upstream(dirs, args.voices, args.streams, frames=args.frames, device=device, dtype=dtype, eos=eos)
     if "faster" in args.runners:
-        got, why = compare.run_faster(dirs, args.voices, args.streams, frames=args.frames, device=device, dtype=dtype)
+        got, why = compare.run_faster(
+            dirs, args.voices, args.streams, frames=args.frames, device=device, dtype=dtype, chunks=args.first_chunk
+        )
         rows += got
         if why:
             notes.append(f"faster-qwen3-tts skipped: {why}")
@@ -176,6 +201,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--suppress-eos", action="store_true", help="no stream ends before --frames")
     parser.add_argument("--voices", nargs="+", default=["design", "clone"], help="design,clone")
     parser.add_argument("--runners", nargs="+", default=["engine"], help=f"any of {','.join(RUNNERS)}")
+    parser.add_argument("--decode", default="auto", choices=["auto", "static", "plain"], help="the engine's talker path")
+    parser.add_argument("--first-chunk", nargs="+", default=["4"], help="frames in the first chunk; e.g. 4,2 runs both")
     parser.add_argument("--results", type=Path, help="update the GPU section of this Markdown file")
     parser.add_argument("--merge", type=Path, nargs="*", help="only fold these files' tables into --results")
     return parser
@@ -199,6 +226,7 @@ def main() -> None:
             print(source, "->", args.results, compare.merge_blocks(source, args.results))
         return
     args.streams, args.voices, args.runners = _ints(args.streams), _words(args.voices), _words(args.runners)
+    args.first_chunk = _ints(args.first_chunk)
     if unknown := set(args.runners) - set(RUNNERS):
         raise SystemExit(f"unknown runners: {sorted(unknown)}")
     if args.frames and args.frames > 40 + 5 * len(TEXT):  # the engine caps a segment by its text's length
@@ -215,7 +243,7 @@ def main() -> None:
     rows, notes = run_all(args)
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     heading = _heading(args, device)
-    body = "\n\n".join([compare.table(rows), *notes])
+    body = "\n\n".join([compare.table(rows), compare.phase_table(rows, PHASES), *notes])
     print(heading, body, sep="\n\n")
     if args.results is not None:
         key = f"{args.random or 'hub'}-{device.split(':')[0]}"

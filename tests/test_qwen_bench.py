@@ -55,7 +55,7 @@ def test_suppress_eos_fixes_engine_length(qwen_tiny_models: tuple[Path, Path], m
     def rows(suppress: bool) -> list[dict[str, Any]]:
         args = argparse.Namespace(
             design_model=design, base_model=base, device="cpu", dtype=None, frames=FRAMES,
-            suppress_eos=suppress, voices=["design", "clone"], streams=[1, 2],
+            suppress_eos=suppress, voices=["design", "clone"], streams=[1, 2], decode="static", first_chunk=[2],
         )  # fmt: skip
         return asyncio.run(qwen_engine.run(args))
 
@@ -65,6 +65,8 @@ def test_suppress_eos_fixes_engine_length(qwen_tiny_models: tuple[Path, Path], m
         ("design", 1, FRAMES), ("design", 2, FRAMES), ("clone", 1, FRAMES), ("clone", 2, FRAMES),
     ]  # fmt: skip
     assert all(r["ttfa_ms_p50"] > 0 and r["step_ms"] > 0 for r in fixed)
+    assert all(set(r["phases_ms"]) == set(qwen_engine.PHASES) for r in fixed)
+    assert "| queue | prompt | prefill | frames | decode |" in compare.phase_table(fixed, qwen_engine.PHASES)
 
 
 def test_results_section_is_replaced_in_place(tmp_path: Path) -> None:

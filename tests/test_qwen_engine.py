@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ pytest.importorskip("transformers")
 from server.engines.base import SAMPLE_RATE, Reference, SynthesisRequest, Voice  # noqa: E402
 from server.engines.qwen import compat, qwen_weights_available  # noqa: E402
 from server.engines.qwen.engine import QwenEngine, split_long  # noqa: E402
+from server.engines.qwen.graphs import StaticTalker  # noqa: E402
 from server.engines.qwen.stream import CodecStream, StreamState, Talker, capture_prompt  # noqa: E402
 from tests import qwen_tiny  # noqa: E402
 
@@ -26,6 +28,10 @@ FRAME = 1920
 GREEDY = {"do_sample": False, "subtalker_dosample": False}
 SAMPLED = {"do_sample": True, "subtalker_dosample": True}
 FRAMES = 16  # tiny random models never say EOS: every stream runs to the cap
+# CI runs these on CPU; on a GPU machine, MINESTREAM_QWEN_DEVICE=cuda:0 runs the same checks with
+# the CUDA graphs captured (float32, so upstream's codes are still reproducible bit for bit).
+DEVICE = os.environ.get("MINESTREAM_QWEN_DEVICE", "cpu")
+torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions alone differ from upstream by ~1e-3
 
 
 def _ref_audio(seconds: float = 1.6, seed: int = 0) -> np.ndarray:
@@ -39,14 +45,15 @@ def upstream(qwen_tiny_models: tuple[Path, Path]) -> tuple[Any, Any]:
     qwen_tts = compat.import_qwen_tts()
     design, base = qwen_tiny_models
     load = qwen_tts.Qwen3TTSModel.from_pretrained
-    return load(str(design), dtype=torch.float32), load(str(base), dtype=torch.float32)
+    where = {} if DEVICE == "cpu" else {"device_map": DEVICE}
+    return load(str(design), dtype=torch.float32, **where), load(str(base), dtype=torch.float32, **where)
 
 
 def run_engine(models: tuple[Path, Path], body: Callable[[QwenEngine], Awaitable[Any]], **kwargs: Any) -> Any:
     kwargs.setdefault("generation", {**GREEDY, "max_new_tokens": FRAMES + 1})
 
     async def main() -> Any:
-        engine = QwenEngine(str(models[0]), str(models[1]), device="cpu", **kwargs)
+        engine = QwenEngine(str(models[0]), str(models[1]), device=DEVICE, dtype="float32", **kwargs)
         await engine.start()
         try:
             return await body(engine)
@@ -60,11 +67,11 @@ async def collect(engine: QwenEngine, request: SynthesisRequest) -> list[np.ndar
     return [chunk async for chunk in engine.synthesize(request)]
 
 
-def _streamed(tts: Any, method: str, chunk: int, **kwargs: Any) -> tuple[torch.Tensor, np.ndarray]:
+def _streamed(tts: Any, method: str, chunk: int, talker: Talker, **kwargs: Any) -> tuple[torch.Tensor, np.ndarray]:
     """The engine's decode path (prefill, steps, incremental codec) without threads."""
     prompt = capture_prompt(tts, method, **kwargs)
     state = StreamState(prompt, max_frames=kwargs["max_new_tokens"] - 1)
-    talker, codec = Talker(tts), CodecStream(tts, prompt.ref_code)
+    codec = CodecStream(tts, prompt.ref_code)
     talker.prefill(state)
     audio = []
     while not state.done:
@@ -74,6 +81,7 @@ def _streamed(tts: Any, method: str, chunk: int, **kwargs: Any) -> tuple[torch.T
         if codec.pending >= chunk:
             audio.append(codec.flush())
     audio.append(codec.flush())
+    talker.release(state)
     return torch.stack(state.frames), np.concatenate(audio)
 
 
@@ -92,11 +100,13 @@ def test_tiny_models_load_and_speak_through_upstream(upstream: tuple[Any, Any]) 
     assert wavs[0].shape == (n * FRAME,)
 
 
+@pytest.mark.parametrize("decode", ["plain", "static"])
 @pytest.mark.parametrize(
     "case,sampling",
     [("design", GREEDY), ("design", SAMPLED), ("xvec", SAMPLED), ("icl", GREEDY), ("icl", SAMPLED)],
 )
-def test_streamed_codes_and_audio_match_upstream(upstream: tuple[Any, Any], case: str, sampling: dict) -> None:
+def test_streamed_codes_and_audio_match_upstream(upstream: tuple[Any, Any], case: str, sampling: dict, decode: str) -> None:
+    """Both talkers; the static one runs the functions a GPU captures as CUDA graphs, eagerly."""
     design, base = upstream
     kw: dict[str, Any] = {"max_new_tokens": 13, **sampling}
     if case == "design":
@@ -119,7 +129,8 @@ def test_streamed_codes_and_audio_match_upstream(upstream: tuple[Any, Any], case
             non_streaming_mode=False,
         )
     torch.manual_seed(11)
-    codes, audio = _streamed(tts, method, 4, **kw)
+    talker = Talker(tts) if decode == "plain" else StaticTalker(tts, graphs=False, max_len=256)
+    codes, audio = _streamed(tts, method, 4, talker, **kw)
     torch.manual_seed(11)
     expected_codes, _ = tts.model.generate(**upstream_gen, **tts._merge_generate_kwargs(**sampling, max_new_tokens=13))
     torch.manual_seed(11)
@@ -129,7 +140,8 @@ def test_streamed_codes_and_audio_match_upstream(upstream: tuple[Any, Any], case
     np.testing.assert_allclose(audio, expected_wavs[0], atol=1e-4)
 
 
-def test_engine_stream_equals_upstream_and_chunks_grow(qwen_tiny_models, upstream) -> None:
+@pytest.mark.parametrize("decode", ["plain", "static"])
+def test_engine_stream_equals_upstream_and_chunks_grow(qwen_tiny_models, upstream, decode: str) -> None:
     design, base = upstream
     text, description = "Hello world.", "a bright voice"
 
@@ -138,33 +150,41 @@ def test_engine_stream_equals_upstream_and_chunks_grow(qwen_tiny_models, upstrea
         later = await collect(engine, SynthesisRequest(text, Voice(design=description), language="en", first=False))
         return first, later
 
-    first, later = run_engine(qwen_tiny_models, body)
-    assert [len(c) // FRAME for c in first] == [4, 12]
+    first, later = run_engine(qwen_tiny_models, body, decode=decode)
+    assert [len(c) // FRAME for c in first] == [2, 4, 8, 2]  # a small first chunk, doubling up to 12
     assert [len(c) // FRAME for c in later] == [12, 4]
     wavs, _ = design.generate_voice_design(text, instruct=description, language="English", max_new_tokens=FRAMES + 1, **GREEDY)
     np.testing.assert_allclose(np.concatenate(first), wavs[0], atol=1e-4)
     np.testing.assert_allclose(np.concatenate(later), wavs[0], atol=1e-4)
 
 
-def test_concurrent_streams_interleave_without_crosstalk(qwen_tiny_models) -> None:
+@pytest.mark.parametrize("decode", ["plain", "static"])
+def test_concurrent_streams_interleave_without_crosstalk(qwen_tiny_models, decode: str) -> None:
     requests = [
         SynthesisRequest("Hello world.", Voice(design="calm")),
         SynthesisRequest("A different sentence here.", Voice(design="excited")),
         SynthesisRequest("Cloned speech.", Voice(reference=Reference(_ref_audio(), text="The fox."))),
     ]
 
-    async def body(engine: QwenEngine) -> tuple[list, list]:
+    async def body(engine: QwenEngine) -> tuple[list, list, dict]:
         solo = [np.concatenate(await collect(engine, r)) for r in requests]
         together = await asyncio.gather(*(collect(engine, r) for r in requests))
-        return solo, [np.concatenate(c) for c in together]
+        return solo, [np.concatenate(c) for c in together], engine.health()
 
-    solo, together = run_engine(qwen_tiny_models, body)
+    solo, together, health = run_engine(qwen_tiny_models, body, decode=decode)
     for alone, mixed in zip(solo, together, strict=True):
         assert mixed.shape == (FRAMES * FRAME,)
         np.testing.assert_allclose(mixed, alone, atol=1e-4)
+    if decode == "static":  # two design streams at once took two slots; every slot came back
+        slots = health["static_slots"]
+        assert slots["design"]["made"] == 2 and slots["base"]["made"] == 1
+        assert slots["design"]["in_use"] == slots["base"]["in_use"] == 0
+    else:
+        assert health["static_slots"] == {}
 
 
-def test_cancel_stops_within_one_step(qwen_tiny_models, monkeypatch) -> None:
+@pytest.mark.parametrize("decode", ["plain", "static"])
+def test_cancel_stops_within_one_step(qwen_tiny_models, monkeypatch, decode: str) -> None:
     steps: list[float] = []
     original = Talker.step
 
@@ -182,12 +202,15 @@ def test_cancel_stops_within_one_step(qwen_tiny_models, monkeypatch) -> None:
         await asyncio.sleep(0.3)
         return len(steps) - cancelled_at, engine.health()
 
-    extra, health = run_engine(qwen_tiny_models, body, generation={**GREEDY, "max_new_tokens": 2000}, max_frames=1000)
+    kw = {"generation": {**GREEDY, "max_new_tokens": 2000}, "max_frames": 1000, "decode": decode}
+    extra, health = run_engine(qwen_tiny_models, body, **kw)
     assert extra <= 1
     assert health["active_streams"] == 0 and health["queue_depth"] == 0
+    assert all(s["in_use"] == 0 for s in health["static_slots"].values())
 
 
-def test_disconnect_frees_the_stream(qwen_tiny_models) -> None:
+@pytest.mark.parametrize("decode", ["plain", "static"])
+def test_disconnect_frees_the_stream(qwen_tiny_models, decode: str) -> None:
     async def body(engine: QwenEngine) -> tuple[dict, int]:
         async def consume() -> None:
             async for _ in engine.synthesize(SynthesisRequest("Hello world.", Voice(design="calm"))):
@@ -204,8 +227,10 @@ def test_disconnect_frees_the_stream(qwen_tiny_models) -> None:
         after = await collect(engine, SynthesisRequest("Next.", Voice(design="calm")))
         return health, sum(len(c) for c in after)
 
-    health, samples = run_engine(qwen_tiny_models, body, generation={**GREEDY, "max_new_tokens": 2000}, max_frames=1000)
+    kw = {"generation": {**GREEDY, "max_new_tokens": 2000}, "max_frames": 1000, "decode": decode}
+    health, samples = run_engine(qwen_tiny_models, body, **kw)
     assert health["active_streams"] == 0
+    assert all(s["in_use"] == 0 for s in health["static_slots"].values())
     assert samples == (40 + 5 * len("Next.")) * FRAME
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,10 @@ import torch
 from ...errors import EngineError
 from ..base import SAMPLE_RATE, Engine, EngineInfo, Reference, SynthesisRequest, Voice
 from . import compat
+from .graphs import StaticTalker, predictor_sampling, supports_static
 from .manager import ModelManager
 from .scheduler import END, Job, Scheduler
-from .stream import DEFAULT_LEFT_CONTEXT, Prompt, capture_prompt, sampling_kwargs
+from .stream import DEFAULT_LEFT_CONTEXT, Prompt, Talker, capture_prompt, sampling_kwargs, warm_codec
 
 LANGUAGES = ["auto", "chinese", "english", "japanese", "korean", "german", "french", "russian", "portuguese", "spanish", "italian"]
 _ISO = {"zh": "chinese", "en": "english", "ja": "japanese", "ko": "korean", "de": "german", "fr": "french",
@@ -72,10 +73,13 @@ class QwenEngine(Engine):
         generation: dict[str, Any] | None = None,
         max_frames: int = 1500,
         max_chars: int = 400,
-        chunk_frames: tuple[int, int] = (4, 12),
+        chunk_frames: tuple[int, int] = (2, 12),
         left_context_frames: int = DEFAULT_LEFT_CONTEXT,
         max_active: int = 32,
+        decode: str = "auto",
     ) -> None:
+        """``decode``: "static" runs the talker on static caches (CUDA graphs on a GPU), "plain"
+        through upstream's modules step by step, "auto" static on a GPU and plain elsewhere."""
         self.device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
         default_dtype = "float32" if self.device == "cpu" else "bfloat16"
         self.dtype: torch.dtype = getattr(torch, dtype or default_dtype)
@@ -85,6 +89,9 @@ class QwenEngine(Engine):
         self.chunk_frames = chunk_frames
         self.left_context = left_context_frames
         self.max_active = max_active
+        if decode not in ("auto", "static", "plain"):
+            raise ValueError(f"decode must be auto, static or plain, not {decode!r}")
+        self.static = decode == "static" or (decode == "auto" and self.device.startswith("cuda"))
         self.sources = {"design": design_model, "base": base_model}
         self._budget = memory_budget_bytes
         self.manager: ModelManager | None = None
@@ -92,6 +99,8 @@ class QwenEngine(Engine):
         self._prompts: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._base_tag = hashlib.sha1(base_model.encode()).hexdigest()[:8]
         self._state = "created"
+        self.recent_jobs: deque[dict[str, float]] = deque(maxlen=256)
+        """The phase marks of recent segments (``Job.marks``): where time to first audio goes."""
         self.info = EngineInfo(
             name="qwen3-tts",
             kind="qwen",
@@ -99,15 +108,21 @@ class QwenEngine(Engine):
             languages=list(LANGUAGES),
             design=True,
             clone=True,
-            note=f"VoiceDesign + Base, {self.dtype} on {self.device}",
+            note=f"VoiceDesign + Base, {self.dtype} on {self.device}, {'static' if self.static else 'plain'} decode",
         )
 
     async def start(self) -> None:
         compat.install()
         self._state = "loading"
-        self.manager = ModelManager(self.sources, device=self.device, dtype=self.dtype, memory_budget_bytes=self._budget)
+        self.manager = ModelManager(
+            self.sources,
+            device=self.device,
+            dtype=self.dtype,
+            memory_budget_bytes=self._budget,
+            flash_attention=not self.static,  # the static path builds SDPA masks
+        )
         await asyncio.to_thread(self.manager.preload)
-        self._schedulers = {k: Scheduler(k, self.manager, max_active=self.max_active) for k in self.sources}
+        self._schedulers = {k: Scheduler(k, self.manager, max_active=self.max_active, talker_for=self._talker) for k in self.sources}
         self._state = "ready"
 
     async def close(self) -> None:
@@ -143,6 +158,7 @@ class QwenEngine(Engine):
             loop=asyncio.get_running_loop(),
         )
         self._schedulers[kind].submit(job)
+        self.recent_jobs.append(job.marks)
         try:
             while (item := await job.queue.get()) is not END:
                 if isinstance(item, BaseException):
@@ -151,6 +167,22 @@ class QwenEngine(Engine):
                     yield item
         finally:
             job.cancel()  # the scheduler drops the stream before its next step
+
+    def _talker(self, tts: Any) -> Talker:
+        """Runs on the model's thread: its talker, made once per load (graphs are captured here)."""
+        talker: Talker | None = getattr(tts, "_minestream_talker", None)
+        if talker is None:
+            if self.static and supports_static(tts):
+                talker = StaticTalker(tts)
+                talker.warm(predictor_sampling(sampling_kwargs(tts, self.generation)))
+            else:
+                talker = Talker(tts)
+            if self.device.startswith("cuda"):
+                # Each new decode window length costs cuDNN a plan build (up to ~1 s); windows are
+                # at most left context + a full chunk long, so build them all before any request.
+                warm_codec(tts, self.left_context + self.chunk_frames[1])
+            tts._minestream_talker = talker  # unloading the model frees its graphs and caches with it
+        return talker
 
     def _prompt(self, tts: Any, kind: str, voice: Voice, text: str, language: str) -> Prompt:
         """Runs on the model's thread: upstream's prompt for this request."""
@@ -247,4 +279,8 @@ class QwenEngine(Engine):
             out.update(self.manager.health())
         out["queue_depth"] = sum(s.depth for s in self._schedulers.values())
         out["active_streams"] = sum(s.active for s in self._schedulers.values())
+        out["decode"] = "static" if self.static else "plain"
+        if self.manager is not None:
+            talkers = {k: getattr(m, "_minestream_talker", None) for k, m in self.manager.loaded().items()}
+            out["static_slots"] = {k: t.usage() for k, t in talkers.items() if isinstance(t, StaticTalker)}
         return out

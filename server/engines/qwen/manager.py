@@ -63,9 +63,11 @@ class ModelManager:
         dtype: torch.dtype,
         memory_budget_bytes: int | None = None,
         loader: Callable[[str], Any] | None = None,
+        flash_attention: bool = True,
     ) -> None:
         self.device = device
         self.dtype = dtype
+        self.flash_attention = flash_attention
         self._loader = loader or self._load
         self._slots = {k: Slot(k, s, estimate_bytes(s, dtype)) for k, s in sources.items()}
         self.budget = self._memory_figure(memory_budget_bytes)
@@ -90,7 +92,7 @@ class ModelManager:
         kwargs: dict[str, Any] = {"dtype": self.dtype}
         if self.device != "cpu":
             kwargs["device_map"] = self.device
-            if _has_flash_attn():
+            if self.flash_attention and _has_flash_attn():
                 kwargs["attn_implementation"] = "flash_attention_2"
         model = import_qwen_tts().Qwen3TTSModel.from_pretrained(source, **kwargs)
         model.model.eval()
@@ -165,6 +167,10 @@ class ModelManager:
 
     def resident(self) -> list[str]:
         return [s.kind for s in self._slots.values() if s.model is not None]
+
+    def loaded(self) -> dict[str, Any]:
+        """The resident models by kind (read from any thread, for health reports)."""
+        return {s.kind: s.model for s in self._slots.values() if s.model is not None}
 
     def health(self) -> dict[str, Any]:
         return {

@@ -15,6 +15,7 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,8 +52,10 @@ class Job:
         # Both are made by start() on the model's thread, before any step.
         self.state: StreamState = None  # type: ignore[assignment]
         self.codec: CodecStream = None  # type: ignore[assignment]
-        self.sent_first = False
+        self.next_chunk = self.first_chunk
         self.pushed = 0
+        self.marks: dict[str, float] = {"submitted": time.perf_counter()}
+        """When each phase before the first audio ended (perf_counter), for the TTFA breakdown."""
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -64,30 +67,40 @@ class Job:
             self.cancel()
 
     def start(self, tts: Any, talker: Talker) -> None:
+        self.marks["admitted"] = time.perf_counter()
         prompt = self.build(tts)
+        self.marks["prompt"] = time.perf_counter()
         # upstream's max_new_tokens counts the final (unconsumed) token too
         cap = int(prompt.talker_kwargs.get("max_new_tokens") or self.max_frames + 1) - 1
         self.state = StreamState(prompt, max_frames=max(1, min(self.max_frames, cap)))
         self.codec = CodecStream(tts, prompt.ref_code, self.left_context)
         talker.prefill(self.state)
+        self.marks["prefill"] = time.perf_counter()  # it sampled the first token: the device is done
 
     def collect(self) -> None:
         """Move new frames to the codec and post a chunk when enough are pending."""
         state, codec = self.state, self.codec
         codec.push(state.frames[self.pushed :])
         self.pushed = len(state.frames)
-        size = self.chunk if self.sent_first else self.first_chunk
-        if codec.pending >= size or (state.done and codec.pending):
+        if codec.pending >= self.next_chunk or (state.done and codec.pending):
+            first = "decoded" not in self.marks
+            if first:
+                self.marks["frames"] = time.perf_counter()
             self.post(codec.flush())
-            self.sent_first = True
+            if first:
+                self.marks["decoded"] = time.perf_counter()
+            # Chunks double up to the full size: each one is generated in less time than
+            # the audio already sent lasts, so a small first chunk does not starve the player.
+            self.next_chunk = min(self.chunk, 2 * self.next_chunk)
         if state.done:
             self.post(END)
 
 
 class Scheduler:
-    def __init__(self, kind: str, manager: ModelManager, *, max_active: int = 32) -> None:
+    def __init__(self, kind: str, manager: ModelManager, *, max_active: int = 32, talker_for: Callable[[Any], Talker] = Talker) -> None:
         self.kind = kind
         self.manager = manager
+        self.talker_for = talker_for
         self.max_active = max_active
         self._pending: list[tuple[float, int, Job]] = []
         self._active: list[Job] = []
@@ -129,7 +142,7 @@ class Scheduler:
                     return
             tts = self.manager.acquire(self.kind)
             try:
-                self._serve(tts, Talker(tts))
+                self._serve(tts, self.talker_for(tts))
             finally:
                 self.manager.release(self.kind)
 
@@ -142,9 +155,10 @@ class Scheduler:
         """
         first = True
         while not self._closed:
+            self._drop_finished(talker)  # before admitting, so a new stream can reuse a finished one's slot
             self._admit(tts, talker, turn_start=first)
             first = False
-            self._active = [j for j in self._active if not j.cancelled.is_set() and not j.state.done]
+            self._drop_finished(talker)
             if not self._active:
                 with self._cond:
                     if not self._pending or self.manager.should_yield(self.kind):
@@ -162,6 +176,12 @@ class Scheduler:
             for job in self._active:
                 job.collect()
 
+    def _drop_finished(self, talker: Talker) -> None:
+        live = [j for j in self._active if not j.cancelled.is_set() and not j.state.done]
+        for job in set(self._active) - set(live):
+            talker.release(job.state)
+        self._active = live
+
     def _admit(self, tts: Any, talker: Talker, *, turn_start: bool = False) -> None:
         while len(self._active) < self.max_active and (turn_start or not self.manager.should_yield(self.kind)):
             with self._cond:
@@ -172,12 +192,13 @@ class Scheduler:
                 continue
             try:
                 job.start(tts, talker)
-            except MineStreamError as exc:
-                job.post(exc)
-                continue
             except Exception as exc:
-                logger.exception("qwen %s prefill failed", self.kind)
-                job.post(EngineError(f"synthesis failed: {exc}"))
+                if job.state is not None:
+                    talker.release(job.state)
+                if not isinstance(exc, MineStreamError):
+                    logger.exception("qwen %s prefill failed", self.kind)
+                    exc = EngineError(f"synthesis failed: {exc}")
+                job.post(exc)
                 continue
             job.collect()
             self._active.append(job)

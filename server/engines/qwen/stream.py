@@ -102,15 +102,16 @@ def capture_prompt(tts: Any, method: str, /, **kwargs: Any) -> Prompt:
     )
 
 
-def _logits_processors(kw: dict[str, Any]) -> LogitsProcessorList:
+def _logits_processors(kw: dict[str, Any], device: torch.device) -> LogitsProcessorList:
     # Same processors, same order as transformers builds them for upstream's call.
+    # The ones holding token ids keep them on the logits' device (CPU by default).
     procs = LogitsProcessorList()
     if kw.get("repetition_penalty") not in (None, 1.0):
         procs.append(RepetitionPenaltyLogitsProcessor(penalty=kw["repetition_penalty"]))
     if kw.get("min_new_tokens"):
-        procs.append(MinNewTokensLengthLogitsProcessor(0, kw["min_new_tokens"], kw["eos_token_id"]))
+        procs.append(MinNewTokensLengthLogitsProcessor(0, kw["min_new_tokens"], kw["eos_token_id"], device=str(device)))
     if kw.get("suppress_tokens"):
-        procs.append(SuppressTokensLogitsProcessor(kw["suppress_tokens"]))
+        procs.append(SuppressTokensLogitsProcessor(kw["suppress_tokens"], device=str(device)))
     if kw.get("do_sample"):
         if kw.get("temperature") not in (None, 1.0):
             procs.append(TemperatureLogitsWarper(kw["temperature"]))
@@ -138,9 +139,12 @@ class StreamState:
     frames: list[torch.Tensor] = field(default_factory=list)
     done: bool = False
     processors: LogitsProcessorList = field(default_factory=LogitsProcessorList)
+    slot: Any = None
+    """The static cache a ``StaticTalker`` lent this stream, if any."""
+    rope_delta: int = 0
 
     def __post_init__(self) -> None:
-        self.processors = _logits_processors(self.prompt.talker_kwargs)
+        self.processors = _logits_processors(self.prompt.talker_kwargs, self.prompt.inputs_embeds.device)
 
 
 class Talker:
@@ -171,6 +175,9 @@ class Talker:
         state.past_hidden = out.past_hidden
         state.tokens = torch.empty((1, 0), dtype=torch.long, device=p.inputs_embeds.device)
         self._sample(state, out.logits)
+
+    def release(self, state: StreamState) -> None:
+        """The stream is finished or dropped; a subclass takes back what it lent."""
 
     def step(self, states: list[StreamState]) -> None:
         """Advance each stream by one frame. A batched version would stack these."""
@@ -254,3 +261,12 @@ class CodecStream:
         keep = wav[(self.emitted - start) * SAMPLES_PER_FRAME :]
         self.emitted = end
         return keep.float().cpu().numpy()
+
+
+@torch.inference_mode()
+def warm_codec(tts: Any, longest: int) -> None:
+    """Decode every window length up to ``longest`` frames once, so no stream meets a cold shape."""
+    decoder = tts.model.speech_tokenizer.model.decoder
+    groups = tts.model.config.talker_config.num_code_groups
+    for frames in range(1, longest + 1):
+        decoder(torch.zeros(1, groups, frames, dtype=torch.long, device=decoder.device))
