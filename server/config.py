@@ -39,6 +39,8 @@ class Settings:
     engine: str = "auto"
     design_model: str = "Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign"
     base_model: str = "Qwen/Qwen3-TTS-12Hz-1.7B-Base"
+    qwen_decode: str = "auto"
+    """Qwen talker path: static caches + CUDA graphs ("static"), upstream's modules ("plain"), or by device."""
     preview_workers: int | None = None
     preview_threads: int = 2
     """Threads per Piper instance: 2 halves a lone sentence's latency on 2 cores; 1 is leaner under heavy load."""

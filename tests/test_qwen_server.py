@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,10 +21,23 @@ FRAME = 1920
 SEGMENT = (TINY_MAX_NEW_TOKENS - 1) * FRAME  # the tiny models run every segment to the cap
 
 
-@pytest.fixture
-def qwen_server(server_factory: Callable, qwen_tiny_models: tuple[Path, Path]):
+@pytest.fixture(params=["plain", "static"])
+def qwen_server(request: pytest.FixtureRequest, server_factory: Callable, qwen_tiny_models: tuple[Path, Path]):
     design, base = qwen_tiny_models
-    return server_factory("--design-model", str(design), "--base-model", str(base), engine="qwen")
+    args = ("--design-model", str(design), "--base-model", str(base), "--qwen-decode", request.param)
+    return server_factory(*args, engine="qwen")
+
+
+def _find(tree: Any, key: str) -> Any:
+    """The first value under ``key`` anywhere in a JSON tree."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        tree = list(tree.values())
+    for item in tree if isinstance(tree, list) else []:
+        if (found := _find(item, key)) is not None:
+            return found
+    return None
 
 
 async def _speak(live, text: str, design: str) -> np.ndarray:
@@ -52,3 +66,8 @@ def test_two_sessions_stream_at_once(qwen_server) -> None:
         health = http.get("/healthz").json()
     text = str(health)
     assert "design" in text and "base" in text
+    decode = _find(health, "decode")
+    assert decode in ("plain", "static")
+    if decode == "static":  # both models ran on static slots, and every slot was handed back
+        slots = _find(health, "static_slots")
+        assert set(slots) == {"design", "base"} and all(s["in_use"] == 0 for s in slots.values())
