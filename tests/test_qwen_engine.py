@@ -140,6 +140,16 @@ def test_streamed_codes_and_audio_match_upstream(upstream: tuple[Any, Any], case
     np.testing.assert_allclose(audio, expected_wavs[0], atol=1e-4)
 
 
+def test_stream_without_a_slot_falls_back_to_plain_decoding(upstream: tuple[Any, Any]) -> None:
+    """A slot too big to allocate (as when GPU memory runs out) costs speed, not the stream."""
+    design, _ = upstream
+    kw: dict[str, Any] = {"max_new_tokens": 9, **GREEDY, "text": "Hello.", "instruct": "calm", "language": "English"}
+    talker = StaticTalker(design, graphs=False, max_len=1 << 42)
+    codes, audio = _streamed(design, "generate_voice_design", 4, talker, **kw)
+    expected, _ = _streamed(design, "generate_voice_design", 4, Talker(design), **kw)
+    assert talker.slots == [] and torch.equal(codes, expected) and audio.shape == (8 * FRAME,)
+
+
 @pytest.mark.parametrize("decode", ["plain", "static"])
 def test_engine_stream_equals_upstream_and_chunks_grow(qwen_tiny_models, upstream, decode: str) -> None:
     design, base = upstream

@@ -214,8 +214,8 @@ class DecodeSlot:
 class StaticTalker(Talker):
     """``Talker`` with static caches, and CUDA graphs when ``graphs`` and on a GPU.
 
-    A stream whose prompt and frames would not fit ``max_len`` is decoded by
-    the plain ``Talker`` path instead.
+    A stream whose prompt would not fit ``max_len``, or that finds no memory
+    for one more slot, is decoded by the plain ``Talker`` path instead.
     """
 
     def __init__(self, tts: Any, *, graphs: bool = True, max_len: int = DEFAULT_MAX_LEN) -> None:
@@ -263,8 +263,14 @@ class StaticTalker(Talker):
         if room < 1:
             super().prefill(state)
             return
+        try:
+            slot = self._slot()
+        except (torch.OutOfMemoryError, RuntimeError):  # no room for one more cache: this stream goes plain
+            logger.exception("qwen: no static slot (%d made); decoding this stream step by step", len(self.slots))
+            super().prefill(state)
+            return
         state.max_frames = min(state.max_frames, room)
-        state.slot = slot = self._slot()
+        state.slot = slot
         out = self.talker(
             inputs_embeds=p.inputs_embeds,
             attention_mask=p.attention_mask,
