@@ -255,11 +255,8 @@ class StaticTalker(Talker):
             self._idle.append(state.slot)
             state.slot = None
 
-    @torch.inference_mode()
     def prefill(self, state: StreamState) -> None:
-        p = state.prompt
-        length = p.inputs_embeds.shape[1]
-        room = self.max_len - length - 1
+        room = self.max_len - state.prompt.inputs_embeds.shape[1] - 1
         if room < 1:
             super().prefill(state)
             return
@@ -271,22 +268,7 @@ class StaticTalker(Talker):
             return
         state.max_frames = min(state.max_frames, room)
         state.slot = slot
-        out = self.talker(
-            inputs_embeds=p.inputs_embeds,
-            attention_mask=p.attention_mask,
-            past_key_values=slot.cache,
-            use_cache=True,
-            cache_position=torch.arange(length, device=p.inputs_embeds.device),
-            trailing_text_hidden=p.trailing_text_hidden,
-            tts_pad_embed=p.tts_pad_embed,
-        )
-        state.rope_deltas = self.talker.rope_deltas
-        state.rope_delta = int(self.talker.rope_deltas.reshape(-1)[0])
-        state.position = length
-        state.generation_step = out.generation_step
-        state.past_hidden = out.past_hidden
-        state.tokens = torch.empty((1, 0), dtype=torch.long, device=p.inputs_embeds.device)
-        self._sample(state, out.logits)
+        self._prefill(state, slot.cache)
 
     @torch.inference_mode()
     def _step_one(self, state: StreamState) -> None:

@@ -155,20 +155,25 @@ class Talker:
         self.talker = tts.model.talker
         self.eos = tts.model.config.talker_config.codec_eos_token_id
 
-    @torch.inference_mode()
     def prefill(self, state: StreamState) -> None:
+        self._prefill(state, state.cache)
+
+    @torch.inference_mode()
+    def _prefill(self, state: StreamState, cache: Any) -> None:
+        """Run the prompt through the talker into ``cache`` and sample the first token."""
         p = state.prompt
         length = p.inputs_embeds.shape[1]
         out = self.talker(
             inputs_embeds=p.inputs_embeds,
             attention_mask=p.attention_mask,
-            past_key_values=state.cache,
+            past_key_values=cache,
             use_cache=True,
             cache_position=torch.arange(length, device=p.inputs_embeds.device),
             trailing_text_hidden=p.trailing_text_hidden,
             tts_pad_embed=p.tts_pad_embed,
         )
         state.rope_deltas = self.talker.rope_deltas
+        state.rope_delta = int(self.talker.rope_deltas.reshape(-1)[0])
         state.attention_mask = p.attention_mask
         state.position = length
         state.generation_step = out.generation_step
