@@ -313,6 +313,17 @@ def test_both_models_resident_when_they_fit(qwen_tiny_models) -> None:
     assert health["memory_mode"] == "both" and health["resident"] == ["design", "base"]
 
 
+def test_static_talkers_are_made_at_start_not_in_the_first_request(qwen_tiny_models) -> None:
+    async def body(engine: QwenEngine) -> dict:
+        deadline = time.monotonic() + 20
+        while len(engine.health()["static_slots"]) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # the scheduler threads make them; poll their state
+        return engine.health()["static_slots"]
+
+    slots = run_engine(qwen_tiny_models, body, decode="static", memory_budget_bytes=1 << 34)
+    assert slots == {k: {"made": 1, "in_use": 0, "positions": 2048} for k in ("design", "base")}
+
+
 def test_long_text_is_split_and_capped(qwen_tiny_models) -> None:
     text = "First sentence is here. Second one follows! Third, with a comma, ends? " * 3
     pieces = split_long(text, 60)

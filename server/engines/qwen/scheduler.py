@@ -134,6 +134,9 @@ class Scheduler:
             job.post(Unavailable("the engine shut down"))
 
     def _run(self) -> None:
+        if self.kind in self.manager.loaded():  # make the talker (graphs, codec warm-up) now, not in a request
+            self.talker_for(self.manager.acquire(self.kind))
+            self.manager.release(self.kind)
         while True:
             with self._cond:
                 while not self._pending and not self._closed:
