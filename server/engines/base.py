@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,8 @@ class SynthesisRequest:
     """
     first: bool = True
     """The first segment of an utterance: the engine favours a small first chunk."""
+    owner: Hashable = None
+    """Who asked (a session id): schedulers give each owner a fair turn among due work."""
     created: float = field(default_factory=time.monotonic)
 
     @property
