@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from server.audio import SAMPLE_RATE
 from server.config import Settings
 from server.engines import create_engine
-from server.engines.base import SAMPLE_RATE, Engine, Reference, Voice
+from server.engines.base import Engine, Reference, Voice
 from server.errors import MineStreamError
 from server.reference import prepare_reference
 from server.speech import Utterance, speak

@@ -39,7 +39,7 @@ from typing import Any
 
 import av
 
-from server.engines.base import SAMPLE_RATE
+from server.audio import SAMPLE_RATE
 from server.ingest import ReferenceDecoder
 from server.reference import prepare_reference
 

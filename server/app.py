@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,6 +18,7 @@ from . import http_api, metrics
 from .auth import load_or_create_token
 from .config import Settings
 from .engines import create_engine
+from .engines.base import Engine
 from .errors import MineStreamError
 from .state import ServerState
 from .voices import VoiceLibrary
@@ -26,29 +28,23 @@ log = logging.getLogger("minestream")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "client" / "static"
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
+    """The app; ``engine`` replaces the one ``settings.engine`` names (in-process tests pass a mock)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        token = settings.token
-        if token is None and settings.token_required:
-            token = load_or_create_token(settings.data_dir)
-        library = VoiceLibrary(settings.data_dir)
-        await library.open()
-        engine = create_engine(settings)
-        await engine.start()
-        state = ServerState(settings, engine, library, token if settings.token_required else None)
-        app.state.minestream = state
-        _watch(state)
-        log.info("engine %s ready", engine.info.name)
-        try:
+        # Each resource is closed by the stack in reverse order, even when a later start fails
+        # or another closer raises.
+        async with contextlib.AsyncExitStack() as stack:
+            state = await _open(stack, settings, engine)
+            app.state.minestream = state
+            rtc = _rtc_transport()
+            if rtc is not None:
+                app.state.rtc_peers = await stack.enter_async_context(rtc(settings))
+            stack.push_async_callback(_close_sessions, state)
+            _watch(state)
+            log.info("engine %s ready", state.engine.info.name)
             yield
-        finally:
-            for closer in state.closers:
-                await closer()
-            for session in list(state.sessions):
-                await session.close()
-            await engine.close()
-            await library.close()
 
     async def on_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, MineStreamError)
@@ -70,6 +66,33 @@ def create_app(settings: Settings) -> Starlette:
         Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"),
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={MineStreamError: on_error})
+
+
+async def _open(stack: contextlib.AsyncExitStack, settings: Settings, engine: Engine | None) -> ServerState:
+    """The library and the engine, started, with their closers on ``stack``."""
+    token = settings.token
+    if token is None and settings.token_required:
+        token = load_or_create_token(settings.data_dir)
+    library = VoiceLibrary(settings.data_dir)
+    await library.open()
+    stack.push_async_callback(library.close)
+    engine = engine or create_engine(settings)
+    stack.push_async_callback(engine.close)
+    await engine.start()
+    return ServerState(settings, engine, library, token if settings.token_required else None)
+
+
+async def _close_sessions(state: ServerState) -> None:
+    for session in list(state.sessions):
+        await session.close()
+
+
+def _rtc_transport() -> Callable[[Settings], contextlib.AbstractAsyncContextManager[Any]] | None:
+    try:
+        from .rtc import transport
+    except ImportError:
+        return None
+    return transport
 
 
 def _extra_routes() -> list[Route]:

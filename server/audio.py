@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from .engines.base import SAMPLE_RATE
+SAMPLE_RATE = 24000
+"""Every engine speaks 24 kHz mono float32 in [-1, 1]; sessions convert."""
 
 
 def to_int16(pcm: np.ndarray) -> np.ndarray:

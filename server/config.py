@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .protocol import QueueLimits
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -18,6 +20,7 @@ class Limits:
     max_message_bytes: int = 1 << 20
     max_sessions: int = 256
     max_uploads: int = 2
+    queue: QueueLimits = field(default_factory=QueueLimits)
 
     def as_message(self) -> dict[str, Any]:
         return {

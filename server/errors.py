@@ -1,8 +1,30 @@
-"""The error hierarchy. Every error carries a protocol v1 error code.
+"""The error tree. Every error MineStream reports carries a protocol v1 code.
 
-``MineStreamError`` is the root; each subclass fixes one ``code`` from the
-protocol. ``fatal`` errors close the socket (with ``close_code``); all others are
-reported to the client as an ``error`` message and the session carries on.
+::
+
+    MineStreamError        internal           500   a bug; the server has logged it
+    ├── BadMessage         bad_message        400   malformed frame, invalid field, second hello
+    │   └── NothingToSay   bad_message        400   text with nothing speakable in it
+    ├── UnknownType        unknown_type       400
+    ├── NotReady           not_ready          400   a message before hello
+    ├── Unauthorized       unauthorized       401   fatal, close 1008
+    │   └── Forbidden      unauthorized       403   a page from a foreign Origin
+    ├── TooLarge           too_large          413   fatal, close 1009
+    ├── LimitExceeded      limit              429   text, utterances, uploads, reference length
+    │   ├── TooManySessions  limit            503   fatal, close 1013 (try again later)
+    │   └── Overloaded     limit                    fatal, close 1008: the client stopped reading
+    ├── DuplicateId        duplicate_id       409
+    ├── UnknownId          unknown_id         404
+    ├── VoiceNotFound      voice_not_found    404
+    ├── UnsupportedAudio   unsupported_audio  415
+    ├── EngineError        engine_error       500
+    └── Unavailable        unavailable        503   no such capability, or shutting down
+        └── UnsupportedLanguage  unavailable    400   a language the engine does not speak
+
+A ``fatal`` error ends the connection with ``close_code`` after the error
+message; every other error is answered with an ``error`` message and the
+session carries on. ``id``/``ref`` name the utterance or upload an error
+belongs to when the raiser knows it; the connection stamps them otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +50,10 @@ class BadMessage(MineStreamError):
     http_status = 400
 
 
+class NothingToSay(BadMessage):
+    """The text has no letter or digit in any script: there is nothing to speak."""
+
+
 class UnknownType(MineStreamError):
     code = "unknown_type"
     http_status = 400
@@ -47,8 +73,14 @@ class Unauthorized(MineStreamError):
     http_status = 401
 
 
+class Forbidden(Unauthorized):
+    """A browser page from another origin asked for something that costs or changes."""
+
+    http_status = 403
+
+
 class TooLarge(MineStreamError):
-    """A message exceeds ``max_message_bytes``: fatal, since the stream is untrustworthy."""
+    """A message or body exceeds its size limit: fatal, since the stream is untrustworthy."""
 
     code = "too_large"
     fatal = True
@@ -61,6 +93,19 @@ class LimitExceeded(MineStreamError):
 
     code = "limit"
     http_status = 429
+
+
+class TooManySessions(LimitExceeded):
+    fatal = True
+    close_code = 1013  # try again later
+    http_status = 503
+
+
+class Overloaded(LimitExceeded):
+    """The client does not read what it asked for: its queue is full, or a send timed out."""
+
+    fatal = True
+    close_code = 1008
 
 
 class DuplicateId(MineStreamError):
@@ -97,18 +142,16 @@ class Unavailable(MineStreamError):
     http_status = 503
 
 
-ERROR_CODES = (
-    "bad_message",
-    "unknown_type",
-    "not_ready",
-    "unauthorized",
-    "too_large",
-    "limit",
-    "duplicate_id",
-    "unknown_id",
-    "voice_not_found",
-    "unsupported_audio",
-    "engine_error",
-    "unavailable",
-    "internal",
-)
+class UnsupportedLanguage(Unavailable):
+    """The request is for a language this engine does not speak: the client's to change."""
+
+    http_status = 400
+
+
+def error_codes() -> list[str]:
+    """Every code of the tree, sorted: the protocol's error codes."""
+
+    def walk(cls: type[MineStreamError]) -> set[str]:
+        return {cls.code}.union(*(walk(sub) for sub in cls.__subclasses__()))
+
+    return sorted(walk(MineStreamError))

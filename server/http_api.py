@@ -14,10 +14,11 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 
 from .audio import streaming_wav_header, to_pcm_bytes
 from .auth import require_token
-from .engines.base import Voice
-from .errors import BadMessage, LimitExceeded, MineStreamError, TooLarge, VoiceNotFound
+from .errors import BadMessage, MineStreamError, TooLarge, VoiceNotFound
 from .ingest import decode_bytes
+from .protocol import VoiceRef
 from .reference import prepare_reference
+from .speak_request import check_language, check_text, resolve_voice
 from .speech import Utterance, speak
 from .state import ServerState
 from .tls import CA_CERT
@@ -155,14 +156,16 @@ async def speech(request: Request) -> Response:
     state = _state(request)
     data = await _json_body(request)
     text, fmt = data.get("input"), data.get("response_format", "wav")
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
         raise BadMessage("'input' (the text to speak) is required")
-    if len(text) > state.settings.limits.max_text_chars:
-        raise LimitExceeded(f"'input' is longer than {state.settings.limits.max_text_chars} characters")
+    check_text(text, state.settings.limits)
+    language = str(data.get("language") or "auto")
+    check_language(state.engine, language)
     if fmt not in ("wav", "pcm"):
         raise BadMessage("'response_format' must be 'wav' or 'pcm' (16-bit mono 24 kHz)")
-    voice = await _speech_voice(state, data.get("voice"), data.get("instructions"))
-    utterance = Utterance("http", voice, str(data.get("language") or "auto"))
+    ref = await _speech_voice(state, data.get("voice"), data.get("instructions"))
+    voice = await resolve_voice(ref, state.engine, state.library)
+    utterance = Utterance("http", voice, language, owner=f"http-{id(request)}")
     utterance.add_text(text)
     utterance.end()
 
@@ -176,17 +179,17 @@ async def speech(request: Request) -> Response:
     return StreamingResponse(body(), media_type=media, headers={"X-Sample-Rate": "24000"})
 
 
-async def _speech_voice(state: ServerState, name: object, instructions: object) -> Voice:
+async def _speech_voice(state: ServerState, name: object, instructions: object) -> VoiceRef:
+    """OpenAI's ``voice``: a saved voice's id or name, or a stock name; ``instructions`` designs one."""
     if isinstance(instructions, str) and instructions.strip():
-        return Voice(design=instructions)
+        return VoiceRef(design=instructions[:2000])
     if not isinstance(name, str) or not name:
         raise BadMessage("'voice' (a saved voice id or name) or 'instructions' (a description) is required")
     for record in await state.library.all():
         if name in (record.id, record.name):
-            reference = await state.library.reference(record)
-            return Voice(design=record.design, reference=reference, voice_id=record.id)
+            return VoiceRef(voice_id=record.id)
     if name.lower() in OPENAI_VOICES:
-        return Voice(design=OPENAI_VOICES[name.lower()])
+        return VoiceRef(design=OPENAI_VOICES[name.lower()])
     raise VoiceNotFound(f"no saved voice named {name[:64]!r}; pass 'instructions' to design one")
 
 

@@ -28,8 +28,8 @@ import av
 import numpy as np
 import soxr
 
+from .audio import SAMPLE_RATE
 from .containers import CONTAINER_NAMES, RETRY, STREAMING, WHOLE, FormatSniffer
-from .engines.base import SAMPLE_RATE
 from .errors import LimitExceeded, MineStreamError, UnsupportedAudio
 
 MAX_RAW_BYTES = 64 * 1024 * 1024

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from .errors import MineStreamError
+from .errors import error_codes
 
 # Fine below 100 ms, where the targets are (40 ms server TTFA for a short sentence).
 _LATENCY = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
@@ -28,13 +28,9 @@ DECODE_SECONDS = Histogram("minestream_decode_seconds", "Reference decode time p
 ERRORS = Counter("minestream_errors_total", "Errors reported to clients, by protocol code", ["code"])
 
 
-def _codes(cls: type[MineStreamError]) -> set[str]:
-    return {cls.code}.union(*(_codes(sub) for sub in cls.__subclasses__()))
-
-
 # Every known code from the start at 0, so a rate() over a scrape window works
 # before the first error of a kind (an absent series reads as "no data").
-for _code in sorted(_codes(MineStreamError)):
+for _code in error_codes():
     ERRORS.labels(_code)
 QUEUE_WAIT = Histogram(
     "minestream_engine_queue_wait_seconds", "Time an engine job waited for a worker", buckets=_LATENCY

@@ -2,12 +2,16 @@
 
 A frame is one WebSocket message (or one WebRTC data-channel message): a
 binary frame holds a msgpack map, a text frame a JSON object with the same
-keys, byte fields as base64 strings. ``Protocol`` is the per-connection state
-machine: ``hello`` first, then everything else; replies are encoded the way
-the client's ``hello`` was. Nothing here touches a socket, so the WebSocket
-and WebRTC transports share it and it is tested without either.
+keys, byte fields as base64 strings.
 
-See docs/protocol.md for the contract.
+``ServerConnection`` owns the rules of docs/protocol.md for one connection,
+the way websockets' ``protocol.py`` does for the WebSocket protocol: ``hello``
+first and once; the open utterance ids; ``seq`` 0, 1, 2... per id; ``done``
+last and exactly once per id; ``error`` stamped with the id or ref it
+concerns; replies in the encoding of the client's ``hello``; and a bounded
+queue of frames to send, from which a cancelled utterance's audio can be
+taken back. Nothing here touches a socket or an event loop, so both
+transports share it and every rule is tested without either.
 """
 
 from __future__ import annotations
@@ -15,18 +19,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import msgpack
 
-from .errors import BadMessage, MineStreamError, NotReady, TooLarge, UnknownType
+from .errors import BadMessage, DuplicateId, MineStreamError, NotReady, Overloaded, TooLarge, UnknownType
 
 PROTOCOL_VERSION = 1
 FORMATS = ("pcm_s16le", "pcm_f32le")
 SAMPLE_RATES = (24000, 16000, 22050, 44100, 48000)
 MAX_ID_CHARS = 128
+MAX_ECHO_CHARS = 256
 
 Frame = Union[bytes, str]
 
@@ -97,7 +103,7 @@ class VoiceEnd:
 
 @dataclass(frozen=True)
 class Ping:
-    t: Any = None
+    t: str | int | float | bool | None = None
 
 
 ClientMessage = Union[Hello, Speak, Text, End, Cancel, VoiceBegin, VoiceChunk, VoiceEnd, Ping]
@@ -109,8 +115,9 @@ ClientMessage = Union[Hello, Speak, Text, End, Cancel, VoiceBegin, VoiceChunk, V
 class _Fields:
     def __init__(self, obj: dict[str, Any]) -> None:
         self.obj = obj
-        self.id = obj.get("id") if isinstance(obj.get("id"), str) else None
-        self.ref = obj.get("ref") if isinstance(obj.get("ref"), str) else None
+        # Only ids that could be valid are echoed back in errors.
+        self.id = _field(obj, "id")
+        self.ref = _field(obj, "ref")
 
     def _bad(self, message: str) -> BadMessage:
         return BadMessage(message, id=self.id, ref=self.ref)
@@ -131,6 +138,15 @@ class _Fields:
         value: str = self.text(key, max_len=MAX_ID_CHARS)
         if not value:
             raise self._bad(f"'{key}' must not be empty")
+        return value
+
+    def echo(self, key: str) -> str | int | float | bool | None:
+        """A value the server sends back as it came: a scalar, and short, so replies stay small."""
+        value = self.obj.get(key)
+        if isinstance(value, str) and len(value) > MAX_ECHO_CHARS:
+            raise self._bad(f"'{key}' is longer than {MAX_ECHO_CHARS} characters")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise self._bad(f"'{key}' must be a number or a short string")
         return value
 
     def flag(self, key: str, default: bool) -> bool:
@@ -209,8 +225,94 @@ _PARSERS: dict[str, Callable[[_Fields, bool], ClientMessage]] = {
     "voice_begin": _parse_voice_begin,
     "voice_chunk": lambda f, t: VoiceChunk(f.ident("ref"), f.blob("data", text_frame=t)),
     "voice_end": lambda f, t: VoiceEnd(f.ident("ref")),
-    "ping": lambda f, t: Ping(f.obj.get("t")),
+    "ping": lambda f, t: Ping(f.echo("t")),
 }
+
+
+# --- server messages ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    session: str
+    engine: dict[str, Any]
+    format: str
+    sample_rate: int
+    limits: dict[str, Any]
+    protocol: int = PROTOCOL_VERSION
+    type: ClassVar[str] = "ready"
+
+
+@dataclass(frozen=True)
+class Audio:
+    id: str
+    seq: int
+    data: bytes = field(repr=False)
+    type: ClassVar[str] = "audio"
+
+
+@dataclass(frozen=True)
+class Done:
+    id: str
+    cancelled: bool
+    audio_ms: int = 0
+    ttfa_ms: float | None = None
+    rtf: float | None = None
+    type: ClassVar[str] = "done"
+
+
+@dataclass(frozen=True)
+class Error:
+    code: str
+    message: str
+    fatal: bool = False
+    id: str | None = None
+    ref: str | None = None
+    type: ClassVar[str] = "error"
+
+    @classmethod
+    def of(cls, exc: MineStreamError, *, id: str | None = None, ref: str | None = None) -> Error:
+        return cls(exc.code, exc.message, exc.fatal, id if id is not None else exc.id, ref if ref is not None else exc.ref)
+
+
+@dataclass(frozen=True)
+class VoiceSaved:
+    """``voice``: the upload ``ref`` became a saved voice."""
+
+    ref: str
+    voice_id: str
+    name: str
+    duration_ms: int
+    type: ClassVar[str] = "voice"
+
+
+@dataclass(frozen=True)
+class Progress:
+    ref: str
+    decoded_ms: int
+    type: ClassVar[str] = "progress"
+
+
+@dataclass(frozen=True)
+class Pong:
+    t: str | int | float | bool | None = None
+    type: ClassVar[str] = "pong"
+
+
+ServerMessage = Union[Ready, Audio, Done, Error, VoiceSaved, Progress, Pong]
+
+_OPTIONAL = {"id", "ref"}  # left out of the wire form when None (error)
+
+
+def wire_form(message: ServerMessage) -> dict[str, Any]:
+    """The message as the map that goes on the wire."""
+    out: dict[str, Any] = {"type": message.type}
+    for name in message.__dataclass_fields__:
+        value = getattr(message, name)
+        if value is None and name in _OPTIONAL:
+            continue
+        out[name] = value
+    return out
 
 
 # --- frames ------------------------------------------------------------------
@@ -226,9 +328,9 @@ def decode_frame(frame: Frame, max_bytes: int) -> dict[str, Any]:
             obj = json.loads(frame)
         else:
             obj = msgpack.unpackb(frame, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
         kind = "JSON" if isinstance(frame, str) else "msgpack"
-        raise BadMessage(f"frame is not valid {kind}: {exc}") from None
+        raise BadMessage(f"frame is not valid {kind}: {type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise BadMessage("a message must be an object (map)")
     return obj
@@ -244,11 +346,14 @@ def parse_message(obj: dict[str, Any], *, text_frame: bool) -> ClientMessage:
     return parser(_Fields(obj), text_frame)
 
 
-def encode_frame(message: dict[str, Any], *, binary: bool) -> Frame:
+def encode_frame(message: ServerMessage, *, binary: bool) -> Frame:
+    """The frame for ``message``. Never fails on text a client sent: bad surrogates are replaced."""
+    wire = wire_form(message)
     if binary:
-        packed: bytes = msgpack.packb(message, use_bin_type=True)
+        packed: bytes = msgpack.packb(wire, use_bin_type=True, unicode_errors="replace")
         return packed
-    return json.dumps(_to_json(message), separators=(",", ":"))
+    # ensure_ascii escapes every non-ASCII character, lone surrogates included.
+    return json.dumps(_to_json(wire), separators=(",", ":"))
 
 
 def _to_json(value: Any) -> Any:
@@ -261,32 +366,55 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-def error_message(exc: MineStreamError) -> dict[str, Any]:
-    message: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message, "fatal": exc.fatal}
-    if exc.id is not None:
-        message["id"] = exc.id
-    if exc.ref is not None:
-        message["ref"] = exc.ref
-    return message
+# --- the connection ------------------------------------------------------------
 
 
-# --- the connection state machine -------------------------------------------
+@dataclass(frozen=True)
+class QueueLimits:
+    """How much one connection may have waiting to be sent."""
+
+    max_frames: int = 1024
+    max_bytes: int = 16 << 20
+    audio_high_water_bytes: int = 1 << 20
+    """Audio producers wait above this; control messages never wait, but count towards the maximum."""
 
 
-class Protocol:
-    """One connection's protocol state: bytes in, messages out, and back.
+@dataclass
+class _Queued:
+    frame: Frame
+    size: int
+    audio_of: str | None = None
 
-    ``receive(frame)`` returns the parsed client message or raises a
-    ``MineStreamError`` for the caller to report; ``send(message)`` returns the
-    frame to write, in the encoding the client chose with ``hello``.
+
+class ServerConnection:
+    """The server side of one protocol v1 connection, without I/O.
+
+    ``receive(frame)`` parses what the client sent and enforces the ``hello``
+    rule; the ``send_*`` methods queue replies, enforcing the utterance rules;
+    ``next_frame()`` hands the transport the next frame to write. When the
+    client stops reading and the queue passes its bounds, ``failure`` is set
+    and nothing more is queued: the transport sends it and closes.
     """
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, limits: QueueLimits | None = None) -> None:
         self.max_message_bytes = max_message_bytes
+        self.limits = limits or QueueLimits()
         self.hello: Hello | None = None
         self.binary = False
+        self.failure: Overloaded | None = None
+        self._seq: dict[str, int] = {}
+        self._queue: deque[_Queued] = deque()
+        self.queued_bytes = 0
+        self.queued_audio_bytes = 0
+        self.on_change: Callable[[], None] = lambda: None
+        """Called whenever the queue changes (the I/O side wakes its writer there)."""
+        self.on_error: Callable[[Error], None] = lambda error: None
+        """Called for every error queued (metrics count them there)."""
+
+    # --- input -------------------------------------------------------------
 
     def receive(self, frame: Frame) -> ClientMessage:
+        """The client's message; raises the ``MineStreamError`` to report."""
         obj = decode_frame(frame, self.max_message_bytes)
         if self.hello is None:
             # Until hello, answer in the encoding the client is speaking.
@@ -294,11 +422,111 @@ class Protocol:
         message = parse_message(obj, text_frame=isinstance(frame, str))
         if self.hello is None:
             if not isinstance(message, Hello):
-                raise NotReady("send 'hello' first")
+                raise NotReady("send 'hello' first", id=_field(obj, "id"), ref=_field(obj, "ref"))
             self.hello = message
         elif isinstance(message, Hello):
             raise BadMessage("'hello' was already received")
         return message
 
-    def send(self, message: dict[str, Any]) -> Frame:
-        return encode_frame(message, binary=self.binary)
+    # --- utterances ----------------------------------------------------------
+
+    def open(self, utterance_id: str) -> None:
+        """An utterance starts: its audio may be sent until its ``done``."""
+        if utterance_id in self._seq:
+            raise DuplicateId(f"utterance {utterance_id!r} is still open", id=utterance_id)
+        self._seq[utterance_id] = 0
+
+    def is_open(self, utterance_id: str) -> bool:
+        return utterance_id in self._seq
+
+    @property
+    def open_ids(self) -> list[str]:
+        """Open utterances, in the order they were opened."""
+        return list(self._seq)
+
+    # --- output ----------------------------------------------------------------
+
+    def send(self, message: Ready | VoiceSaved | Progress | Pong) -> None:
+        self._put(message)
+
+    def send_audio(self, utterance_id: str, data: bytes) -> None:
+        """Audio for an open utterance; dropped once its ``done`` has gone."""
+        seq = self._seq.get(utterance_id)
+        if seq is None:
+            return
+        self._seq[utterance_id] = seq + 1
+        self._put(Audio(utterance_id, seq, data), audio_of=utterance_id)
+
+    def send_done(self, utterance_id: str, *, cancelled: bool, audio_ms: int = 0, ttfa_ms: float | None = None, rtf: float | None = None) -> bool:
+        """The last message of an open utterance. False (nothing sent) if it was not open."""
+        if self._seq.pop(utterance_id, None) is None:
+            return False
+        if cancelled:
+            self.discard_audio(utterance_id)
+        self._put(Done(utterance_id, cancelled, audio_ms, ttfa_ms, rtf))
+        return True
+
+    def send_error(self, exc: MineStreamError, *, id: str | None = None, ref: str | None = None) -> None:
+        error = Error.of(exc, id=id, ref=ref)
+        self.on_error(error)
+        self._put(error)
+
+    def refuse(self, utterance_id: str, exc: MineStreamError) -> None:
+        """A ``speak`` refused before any audio: its error, then the ``done`` every speak ends with."""
+        self.send_error(exc, id=utterance_id)
+        self.send_done(utterance_id, cancelled=True)
+
+    def discard_audio(self, utterance_id: str) -> None:
+        """Take back the utterance's audio not yet sent (barge-in is immediate)."""
+        kept: deque[_Queued] = deque()
+        for item in self._queue:
+            if item.audio_of == utterance_id:
+                self._account(item, -1)
+            else:
+                kept.append(item)
+        self._queue = kept
+        self.on_change()
+
+    # --- the queue ---------------------------------------------------------------
+
+    @property
+    def audio_room(self) -> bool:
+        """Whether an audio producer may queue more now."""
+        return self.queued_audio_bytes < self.limits.audio_high_water_bytes
+
+    def next_frame(self) -> Frame | None:
+        if not self._queue:
+            return None
+        item = self._queue.popleft()
+        self._account(item, -1)
+        return item.frame
+
+    def failure_frame(self) -> Frame | None:
+        """The error that ends an overloaded connection, encoded; None while all is well."""
+        return None if self.failure is None else encode_frame(Error.of(self.failure), binary=self.binary)
+
+    def _put(self, message: ServerMessage, *, audio_of: str | None = None) -> None:
+        if self.failure is not None:
+            return
+        frame = encode_frame(message, binary=self.binary)
+        item = _Queued(frame, len(frame), audio_of)
+        if len(self._queue) >= self.limits.max_frames or self.queued_bytes + item.size > self.limits.max_bytes:
+            self.failure = Overloaded(
+                f"more than {self.limits.max_frames} messages or {self.limits.max_bytes} bytes are waiting: the client is not reading"
+            )
+            self._queue.clear()
+            self.queued_bytes = self.queued_audio_bytes = 0
+        else:
+            self._queue.append(item)
+            self._account(item, +1)
+        self.on_change()
+
+    def _account(self, item: _Queued, sign: int) -> None:
+        self.queued_bytes += sign * item.size
+        if item.audio_of is not None:
+            self.queued_audio_bytes += sign * item.size
+
+
+def _field(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) and len(value) <= MAX_ID_CHARS else None

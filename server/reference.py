@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.engines.base import SAMPLE_RATE
+from server.audio import SAMPLE_RATE
 from server.errors import UnsupportedAudio
 
 FRAME = SAMPLE_RATE // 50  # 20 ms analysis frames

@@ -28,7 +28,7 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aioice.ice
@@ -42,10 +42,9 @@ from starlette.routing import Route
 
 from .auth import connection_token, origin_allowed
 from .config import Settings
-from .errors import BadMessage, LimitExceeded, MineStreamError, TooLarge, Unauthorized
+from .errors import BadMessage, Forbidden, MineStreamError, TooLarge, TooManySessions, Unauthorized
 from .protocol import Frame
 from .rtc_track import Microphone, SpeechTrack, TrackSink
-from .session import Session
 from .state import ServerState
 
 log = logging.getLogger("minestream.rtc")
@@ -57,11 +56,6 @@ CONTROL_LABEL = "control"
 MAX_PENDING_FRAMES = 256
 """Data-channel frames waiting for the session; a peer that floods past this is cut."""
 FLUSH_TIMEOUT_S = 2.0
-
-
-class Forbidden(MineStreamError):
-    code = "unauthorized"
-    http_status = 403
 
 
 def routes() -> list[Route]:
@@ -77,9 +71,9 @@ async def offer_endpoint(request: Request) -> Response:
     if state.settings.token_required and not state.check_token(token):
         raise Unauthorized("a valid token is required: pass it as 'token' in the offer, ?token= or a Bearer header")
     if len(state.sessions) >= state.settings.limits.max_sessions:
-        raise LimitExceeded(f"the server is at its limit of {state.settings.limits.max_sessions} sessions")
+        raise TooManySessions(f"the server is at its limit of {state.settings.limits.max_sessions} sessions")
     sdp = _checked_offer(body, state.settings)
-    peer = RtcPeer(state, _peers(request, state))
+    peer = RtcPeer(state, request.app.state.rtc_peers)
     answer = await peer.answer(sdp)
     return JSONResponse({"type": answer.type, "sdp": answer.sdp, "session": peer.session.id})
 
@@ -232,13 +226,15 @@ class Peers:
         await asyncio.gather(*(peer.close("shutdown") for peer in list(self.open)), return_exceptions=True)
 
 
-def _peers(request: Request, state: ServerState) -> Peers:
-    peers: Peers | None = getattr(request.app.state, "rtc_peers", None)
-    if peers is None:
-        peers = request.app.state.rtc_peers = Peers()
-        state.closers.append(peers.close_all)
-        restrict_host_candidates(state.settings.ice_hosts)
-    return peers
+@contextlib.asynccontextmanager
+async def transport(settings: Settings) -> AsyncIterator[Peers]:
+    """The WebRTC transport's shared state for the app's life: set up at startup, closed at shutdown."""
+    restrict_host_candidates(settings.ice_hosts)
+    peers = Peers()
+    try:
+        yield peers
+    finally:
+        await peers.close_all()
 
 
 class RtcPeer:
@@ -247,11 +243,10 @@ class RtcPeer:
     def __init__(self, state: ServerState, peers: Peers) -> None:
         self.state = state
         self.peers = peers
-        self.session = Session(state, authorized=True)  # the token was checked with the offer
-        self.track = SpeechTrack(is_open=lambda uid: uid in self.session.utterances)
-        self.session.audio = TrackSink(self.track, lambda: list(self.session.utterances))
-        self.microphone = Microphone(self.session)
-        self.session.microphone = self.microphone
+        self.track = SpeechTrack()
+        self.microphone = Microphone("rtc")
+        # The token was checked with the offer.
+        self.session = state.new_session(authorized=True, sink=lambda _: TrackSink(self.track), recorders={"rtc": self.microphone})
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(state.settings.ice_servers)))
         self.channel: RTCDataChannel | None = None
         self.closed = False
@@ -334,10 +329,11 @@ class RtcPeer:
 
     async def _write(self, channel: RTCDataChannel) -> None:
         try:
-            while (message := await self.session.outbox.get()) is not None:
-                channel.send(self.session.encode(message))
-        except Exception:  # the channel closed under us; the close handler tears down
+            while (frame := await self.session.outbox.next_frame()) is not None:
+                channel.send(frame)
+        except Exception:  # overloaded, or the channel closed under us: the close tears down
             log.debug("writer for %s stopped", self.session.id, exc_info=True)
+            self._close_soon("writer stopped")
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"rtc-{name}-{self.session.id}")

@@ -22,21 +22,16 @@ import fractions
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .audio import StreamResampler, to_int16
-from .engines.base import SAMPLE_RATE
+from .audio import SAMPLE_RATE, StreamResampler, to_int16
 from .errors import BadMessage, UnsupportedAudio
 from .ingest import MonoSink, frame_to_mono
-
-if TYPE_CHECKING:
-    from .session import Session, Upload
 
 log = logging.getLogger("minestream.rtc")
 
@@ -48,7 +43,6 @@ MAX_LATE_S = 0.06
 """A frame this late (a stalled loop) restarts the schedule instead of bursting to catch up."""
 QUEUE_HIGH_WATER = 10 * RATE
 """Queued samples per utterance beyond which its producer waits (memory, not latency)."""
-PROGRESS_EVERY_MS = 200
 
 
 @dataclass
@@ -89,10 +83,9 @@ class SpeechTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, is_open: Callable[[str], bool] = lambda _: True) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self._queue: OrderedDict[str, _Queued] = OrderedDict()
-        self._is_open = is_open
         self._start: float | None = None
         self._sent = 0
         self._waiter: asyncio.Future[bool] | None = None
@@ -100,11 +93,10 @@ class SpeechTrack(MediaStreamTrack):
 
     # --- producer side (TrackSink) ---------------------------------------
 
-    def register(self, utterance_ids: Iterable[str]) -> None:
-        """Reserve places in the queue, so utterances play in the order they were spoken."""
-        for uid in utterance_ids:
-            if uid not in self._queue:
-                self._queue[uid] = _Queued(uid)
+    def register(self, uid: str) -> None:
+        """Reserve the utterance's place in the queue, so utterances play in the order they were spoken."""
+        if uid not in self._queue:
+            self._queue[uid] = _Queued(uid)
 
     def push(self, uid: str, samples: np.ndarray) -> None:
         queued = self._queue.get(uid)
@@ -193,9 +185,6 @@ class SpeechTrack(MediaStreamTrack):
                     self.frames_with_speech += 1
                     return np.concatenate([tail, np.zeros(FRAME_SAMPLES - len(tail), np.int16)])
                 continue
-            if not queued.samples and not self._is_open(queued.id):
-                self.discard(queued.id)  # its utterance ended without telling the sink
-                continue
             break  # the head utterance is still being generated: hold its place
         return np.zeros(FRAME_SAMPLES, np.int16)
 
@@ -230,19 +219,18 @@ class TrackSink:
     length of the queue.
     """
 
-    def __init__(self, track: SpeechTrack, order: Callable[[], Iterable[str]]) -> None:
+    def __init__(self, track: SpeechTrack) -> None:
         self._track = track
-        self._order = order
         self._resamplers: dict[str, StreamResampler] = {}
 
-    def _resampler(self, uid: str) -> StreamResampler:
-        if uid not in self._resamplers:
-            self._resamplers[uid] = StreamResampler(RATE)
-            self._track.register(_through(self._order(), uid))
-        return self._resamplers[uid]
+    def begin(self, utterance_id: str) -> None:
+        self._resamplers[utterance_id] = StreamResampler(RATE)
+        self._track.register(utterance_id)
 
     async def write(self, utterance_id: str, pcm: np.ndarray) -> None:
-        resampler = self._resampler(utterance_id)
+        resampler = self._resamplers.get(utterance_id)
+        if resampler is None:
+            return
         if len(pcm):
             self._track.push(utterance_id, to_int16(resampler.process(pcm)))
         await self._track.room(utterance_id)
@@ -256,16 +244,6 @@ class TrackSink:
     def discard(self, utterance_id: str) -> None:
         self._resamplers.pop(utterance_id, None)
         self._track.discard(utterance_id)
-
-
-def _through(order: Iterable[str], uid: str) -> list[str]:
-    """The open utterances up to and including ``uid``, in speak order."""
-    ids: list[str] = []
-    for other in order:
-        ids.append(other)
-        if other == uid:
-            return ids
-    return [*ids, uid] if uid not in ids else ids
 
 
 # --- the microphone -------------------------------------------------------------
@@ -314,28 +292,26 @@ class TrackRecording:
 
 
 class Microphone:
-    """Drains the incoming track for the session's life; records it on ``voice_begin``."""
+    """Drains the incoming track for the session's life; records it for uploads (a ``Recorder``)."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._recordings: dict[str, tuple[Upload, TrackRecording]] = {}
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._recordings: dict[str, tuple[TrackRecording, Callable[[int], None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.frames = 0
         self.last_frame_at: float | None = None
 
     def attach(self, track: MediaStreamTrack) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._drain(track), name=f"mic-{self._session.id}")
+            self._task = asyncio.create_task(self._drain(track), name=f"mic-{self._name}")
 
-    def recording(self, *, max_seconds: float) -> TrackRecording:
-        return TrackRecording(max_seconds)
+    def start(self, ref: str, max_seconds: float, progress: Callable[[int], None]) -> TrackRecording:
+        recording = TrackRecording(max_seconds)
+        self._recordings[ref] = (recording, progress)
+        return recording
 
-    def record(self, upload: Upload) -> None:
-        assert isinstance(upload.decoder, TrackRecording)
-        self._recordings[upload.ref] = (upload, upload.decoder)
-
-    async def stop(self, upload: Upload) -> None:
-        self._recordings.pop(upload.ref, None)
+    def stop(self, ref: str) -> None:
+        self._recordings.pop(ref, None)
 
     async def close(self) -> None:
         self._recordings.clear()
@@ -352,12 +328,6 @@ class Microphone:
                     continue
                 self.frames += 1
                 self.last_frame_at = time.monotonic()
-                for upload, recording in list(self._recordings.values()):
+                for recording, progress in list(self._recordings.values()):
                     recording.add(frame)
-                    self._progress(upload, recording)
-
-    def _progress(self, upload: Upload, recording: TrackRecording) -> None:
-        decoded = recording.decoded_ms
-        if decoded - upload.reported_ms >= PROGRESS_EVERY_MS:
-            upload.reported_ms = decoded
-            self._session.outbox.put({"type": "progress", "ref": upload.ref, "decoded_ms": decoded})
+                    progress(recording.decoded_ms)

@@ -1,8 +1,12 @@
 """One utterance through the engine: text in (whole or streamed), audio out.
 
-Shared by the protocol sessions and the HTTP speech endpoint. Text is cut into
-sentences as it arrives; each sentence is one engine request, in order, in one
-voice (the engine may anchor a designed voice to its first sentence's audio).
+Shared by the protocol sessions and the HTTP speech endpoint. This is the one
+place text becomes engine requests: it is cut into sentences as it arrives,
+each sentence into pieces no longer than the engine takes
+(``EngineInfo.segment_chars``), and each piece is one request, in order, in
+one voice. After the first piece the engine may anchor a designed voice to
+the audio it made (``Engine.continuation``), so every later piece keeps its
+timbre.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import metrics
-from .engines.base import SAMPLE_RATE, Engine, SynthesisRequest, Voice
-from .text import SentenceBuffer
+from .audio import SAMPLE_RATE
+from .engines.base import Engine, EngineInfo, SynthesisRequest, Voice
+from .text import SentenceBuffer, clause_groups
 
 # A listener's buffered audio is due before it runs out; the next sentence is
 # asked for this long before that moment (the scheduler's deadline).
@@ -29,10 +34,11 @@ class Utterance:
     voice: Voice
     language: str = "auto"
     started: float = field(default_factory=time.monotonic)
+    owner: str | None = None
+    """The session it belongs to: engines give each owner a fair turn."""
     text: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     chars: int = 0
     ended: bool = False
-    task: asyncio.Task[None] | None = None
     first_audio: float | None = None
     audio_samples: int = 0
     generation_s: float = 0.0
@@ -77,21 +83,32 @@ async def speak(engine: Engine, utterance: Utterance) -> AsyncIterator[np.ndarra
     voice, first = utterance.voice, True
     while True:
         piece = await utterance.text.get()
-        for segment in sentences.push(piece) if piece is not None else sentences.flush():
-            request = SynthesisRequest(segment, voice, utterance.language, utterance.deadline(), first)
-            kept: list[np.ndarray] = []
-            async for raw in _segment(engine, utterance, request):
-                if first:
-                    kept.append(raw)
-                chunk = lead_in.trim(raw)
-                if len(chunk):
-                    utterance.count(chunk)
-                    yield chunk
-            if first and kept:
-                voice = engine.continuation(voice, segment, np.concatenate(kept))
-            first = False
+        for sentence in sentences.push(piece) if piece is not None else sentences.flush():
+            for segment in engine_pieces(sentence, engine.info, first=first):
+                request = SynthesisRequest(segment, voice, utterance.language, utterance.deadline(), first, utterance.owner)
+                kept: list[np.ndarray] = []
+                async for raw in _segment(engine, utterance, request):
+                    if first:
+                        kept.append(raw)
+                    chunk = lead_in.trim(raw)
+                    if len(chunk):
+                        utterance.count(chunk)
+                        yield chunk
+                if first and kept:
+                    voice = engine.continuation(voice, segment, np.concatenate(kept))
+                first = False
         if piece is None:
             return
+
+
+def engine_pieces(sentence: str, info: EngineInfo, *, first: bool) -> list[str]:
+    """``sentence`` as the engine's requests: at most ``info.segment_chars`` each.
+
+    An engine whose audio comes only once a request is rendered whole
+    (``incremental`` False) gets a long first sentence's first clause alone,
+    so the listener hears it while the rest is made.
+    """
+    return clause_groups(sentence, info.segment_chars, head=first and not info.incremental)
 
 
 class LeadInTrim:

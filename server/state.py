@@ -1,18 +1,18 @@
-"""What every session shares: settings, the one engine, the voice library, the token."""
+"""What the app's lifespan builds once and every transport shares."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .config import Settings
 from .engines.base import Engine
+from .outbox import Outbox
+from .session import Session
+from .sinks import AudioSink, MessageSink
+from .uploads import Recorder
 from .voices import VoiceLibrary
-
-if TYPE_CHECKING:
-    from .session import Session
 
 
 @dataclass
@@ -21,11 +21,23 @@ class ServerState:
     engine: Engine
     library: VoiceLibrary
     token: str | None
+    """The token clients must give; None when none is required."""
     sessions: set[Session] = field(default_factory=set)
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    """Run at shutdown before the engine closes (transports free their peers)."""
 
     def check_token(self, token: str | None) -> bool:
         if self.token is None:
             return True
         return token is not None and hmac.compare_digest(token.encode(), self.token.encode())
+
+    def new_session(
+        self, *, authorized: bool, sink: Callable[[Outbox], AudioSink] = MessageSink, recorders: Mapping[str, Recorder] | None = None
+    ) -> Session:
+        """A session with this server's engine, library and limits; ``authorized``: the transport checked the token."""
+        return Session(
+            engine=self.engine,
+            library=self.library,
+            limits=self.settings.limits,
+            check_token=None if authorized or self.token is None else self.check_token,
+            sink=sink,
+            recorders=recorders,
+        )

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server import ingest
-from server.engines.base import SAMPLE_RATE
+from server.audio import SAMPLE_RATE
 from server.errors import LimitExceeded, UnsupportedAudio
 from server.ingest import ReferenceDecoder, decode_bytes
 from server.reference import frame_dbfs, prepare_reference

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from test_ingest import RECORDINGS, STREAMABLE, correlation, load, one_shot, speechy, tone, wav_bytes
 
-from server.engines.base import SAMPLE_RATE
+from server.audio import SAMPLE_RATE
 from server.reference import prepare_reference
 
 VOICE_TIMEOUT_S = 30.0

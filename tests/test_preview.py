@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from server.engines.base import SAMPLE_RATE, Reference, SynthesisRequest, Voice
+from server.audio import SAMPLE_RATE
+from server.engines.base import Reference, SynthesisRequest, Voice
 from server.engines.preview import PreviewEngine
 from server.engines.prosody import median_pitch, speaking_rate, style_from_description
 

@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 24000
-"""Every engine speaks 24 kHz mono float32 in [-1, 1]; sessions convert."""
+from ..audio import SAMPLE_RATE
 
 LANGUAGE_NAMES = {
     "zh": "chinese", "en": "english", "ja": "japanese", "ko": "korean", "de": "german", "fr": "french",
@@ -103,6 +102,10 @@ class EngineInfo:
     design: bool
     clone: bool
     note: str = ""
+    segment_chars: int = 400
+    """The longest text one request may carry; the speech layer cuts text to fit."""
+    incremental: bool = True
+    """Whether a request's audio streams out while it is made (else it comes once rendered whole)."""
 
     def as_message(self) -> dict[str, Any]:
         return {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,9 +17,9 @@ from typing import Any
 import numpy as np
 import soxr
 
+from ..audio import SAMPLE_RATE
 from ..errors import EngineError
-from ..text import clause_groups
-from .base import SAMPLE_RATE, Engine, EngineInfo, Reference, SynthesisRequest, Voice
+from .base import Engine, EngineInfo, Reference, SynthesisRequest
 from .prosody import Style, median_pitch, speaking_rate, style_from_description, style_matching
 from .scheduler import WorkerPool
 
@@ -30,7 +29,8 @@ NOTE = (
 )
 CHUNK_SAMPLES = SAMPLE_RATE // 10
 JOB_MAX_CHARS = 100
-_NEXT_PIECE_MARGIN_S = 0.5
+"""Piper renders a job whole and a worker cannot be interrupted, so the job size bounds both the
+first audio of a long sentence and how long an urgent job can wait behind one already running."""
 _CALIBRATION = "The quick brown fox jumps over the lazy dog, and then it runs away into the forest."
 
 
@@ -91,6 +91,8 @@ class PreviewEngine(Engine):
             design=True,
             clone=True,
             note=NOTE,
+            segment_chars=JOB_MAX_CHARS,
+            incremental=False,
         )
         count = workers or max(1, min(4, os.cpu_count() or 1))
         self.pool: WorkerPool[Any] = WorkerPool("piper", lambda: _load_piper(threads_per_worker), count)
@@ -102,7 +104,7 @@ class PreviewEngine(Engine):
         await self.pool.start()
         # Measure the bundled voice once, with the same analysis used on
         # references, so clone ratios compare like with like.
-        audio = await self.pool.submit(0.0, lambda v: _render(v, _CALIBRATION, Style()))
+        audio = await self.pool.run(0.0, lambda v: _render(v, _CALIBRATION, Style()))
         self._own = (median_pitch(audio, SAMPLE_RATE) or 120.0, speaking_rate(audio, SAMPLE_RATE) or 4.0)
         self._state = "ready"
 
@@ -111,28 +113,22 @@ class PreviewEngine(Engine):
         await self.pool.close()
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
-        style = await self._style(request.voice, request.due)
-        due = request.due
-        # Piper renders a job whole and a worker cannot be interrupted, so the
-        # job size bounds both the first audio of a long sentence and how long
-        # an urgent job can wait behind one that is already running.
-        for text in clause_groups(request.text, JOB_MAX_CHARS, head=request.first):
-            try:
-                audio = await self.pool.submit(due, functools.partial(_render, text=text, style=style))
-            except (ValueError, RuntimeError) as exc:
-                raise EngineError(f"synthesis failed: {exc}") from exc
-            # The next piece is needed once this one has played, less a margin.
-            due = max(due, time.monotonic()) + len(audio) / SAMPLE_RATE - _NEXT_PIECE_MARGIN_S
-            for start in range(0, len(audio), CHUNK_SAMPLES):
-                yield audio[start : start + CHUNK_SAMPLES]
+        style = await self._style(request)
+        try:
+            audio = await self.pool.run(request.due, functools.partial(_render, text=request.text, style=style), owner=request.owner)
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(f"synthesis failed: {exc}") from exc
+        for start in range(0, len(audio), CHUNK_SAMPLES):
+            yield audio[start : start + CHUNK_SAMPLES]
 
-    async def _style(self, voice: Voice, due: float) -> Style:
+    async def _style(self, request: SynthesisRequest) -> Style:
+        voice = request.voice
         if voice.design is not None:
             return style_from_description(voice.design)
         assert voice.reference is not None
-        return await self._reference_style(voice.reference, due)
+        return await self._reference_style(voice.reference, request)
 
-    async def _reference_style(self, reference: Reference, due: float) -> Style:
+    async def _reference_style(self, reference: Reference, request: SynthesisRequest) -> Style:
         key = reference.key or id(reference.audio)
         style = self._reference_styles.get(key)
         if style is None:
@@ -142,7 +138,7 @@ class PreviewEngine(Engine):
             def measure(_: Any) -> Style:
                 return style_matching(median_pitch(audio, SAMPLE_RATE), speaking_rate(audio, SAMPLE_RATE), own_pitch, own_rate)
 
-            style = await self.pool.submit(due, measure)
+            style = await self.pool.run(request.due, measure, owner=request.owner)
             self._reference_styles[key] = style
             while len(self._reference_styles) > 256:
                 self._reference_styles.popitem(last=False)
@@ -152,7 +148,7 @@ class PreviewEngine(Engine):
         return {
             "state": self._state,
             "resident": list(self.info.models),
-            "workers": self.pool._workers,
+            "workers": self.pool.workers,
             "busy": self.pool.busy,
             "queue_depth": self.pool.depth,
         }

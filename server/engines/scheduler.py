@@ -1,128 +1,95 @@
-"""Worker threads that own model instances, served earliest deadline first.
+"""Worker threads that own model instances, fed from the engines' deadline queue.
 
 A thread pool that runs each request as it comes lets requests contend for the
 cores; under load every stream slows down together and they all underrun. Here
 each worker thread owns one model instance (so no instance is ever entered by
-two threads) and always takes the job whose audio is needed soonest: a new
-utterance's first segment (due now) overtakes the next segment of an utterance
-that still has seconds of audio buffered at its listener.
+two threads) and always takes the next job of the ``DeadlineQueue``: the one
+whose audio is needed soonest, with a fair turn between sessions among jobs
+that are already due.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .. import metrics
 from ..errors import Unavailable
+from .mailbox import Mailbox
+from .queue import DeadlineQueue
 
 M = TypeVar("M")
 T = TypeVar("T")
 
 
-@dataclass(order=True)
+@dataclass
 class _Job:
-    due: float
-    order: int
-    fn: Callable[[Any], Any] = field(compare=False)
-    future: asyncio.Future[Any] = field(compare=False)
-    loop: asyncio.AbstractEventLoop = field(compare=False)
-    submitted: float = field(compare=False, default_factory=time.monotonic)
+    fn: Callable[[Any], Any]
+    results: Mailbox[Any]
 
 
 class WorkerPool(Generic[M]):
-    """``workers`` threads, each building its own model with ``factory``."""
+    """``workers`` threads, each building its own model with ``factory`` when started."""
 
     def __init__(self, name: str, factory: Callable[[], M], workers: int) -> None:
         self.name = name
+        self.workers = workers
         self._factory = factory
-        self._workers = workers
-        self._heap: list[_Job] = []
-        self._order = itertools.count()
-        self._cond = threading.Condition()
-        self._closed = False
+        self._queue: DeadlineQueue[_Job] = DeadlineQueue(dead=lambda job: job.results.closed)
         self._threads: list[threading.Thread] = []
-        self.busy = 0
+        self._busy = 0
+        self._lock = threading.Lock()
 
     @property
     def depth(self) -> int:
         """Jobs waiting for a worker (queue depth, for metrics)."""
-        return len(self._heap)
+        return len(self._queue)
+
+    @property
+    def busy(self) -> int:
+        return self._busy
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        ready: list[asyncio.Future[None]] = [loop.create_future() for _ in range(self._workers)]
-        for index, started in enumerate(ready):
-            thread = threading.Thread(target=self._run, args=(loop, started), name=f"{self.name}-{index}", daemon=True)
+        """Start the workers; returns once each has built its model (or raises why one could not)."""
+        built: list[Mailbox[None]] = [Mailbox() for _ in range(self.workers)]
+        for index, mailbox in enumerate(built):
+            thread = threading.Thread(target=self._run, args=(mailbox,), name=f"{self.name}-{index}", daemon=True)
             self._threads.append(thread)
             thread.start()
-        await asyncio.gather(*ready)
+        for mailbox in built:
+            await mailbox.get()
 
     async def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            pending, self._heap = self._heap, []
-            self._cond.notify_all()
-        for job in pending:
-            job.loop.call_soon_threadsafe(_fail, job.future, Unavailable("the engine is shutting down"))
+        for job in self._queue.close():
+            job.results.fail(Unavailable("the engine is shutting down"))
         await asyncio.gather(*(asyncio.to_thread(t.join) for t in self._threads))
         self._threads.clear()
 
-    def submit(self, due: float, fn: Callable[[M], T]) -> asyncio.Future[T]:
-        """Run ``fn(model)`` on a worker; cancelling the future drops a job not yet started."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        with self._cond:
-            if self._closed:
-                raise Unavailable("the engine is shutting down")
-            heapq.heappush(self._heap, _Job(due, next(self._order), fn, future, loop))
-            self._cond.notify()
-        return future
+    async def run(self, due: float, fn: Callable[[M], T], *, owner: Hashable = None) -> T:
+        """``fn(model)`` on a worker; a caller that is cancelled drops the job if it has not started."""
+        results: Mailbox[T] = Mailbox()
+        self._queue.push(_Job(fn, results), due=due, owner=owner)
+        try:
+            return await results.get()
+        finally:
+            results.close()
 
-    def _next(self) -> _Job | None:
-        with self._cond:
-            while True:
-                while self._heap and self._heap[0].future.cancelled():
-                    heapq.heappop(self._heap)
-                if self._heap:
-                    self.busy += 1
-                    job = heapq.heappop(self._heap)
-                    metrics.QUEUE_WAIT.observe(time.monotonic() - job.submitted)
-                    return job
-                if self._closed:
-                    return None
-                self._cond.wait()
-
-    def _run(self, loop: asyncio.AbstractEventLoop, started: asyncio.Future[None]) -> None:
+    def _run(self, built: Mailbox[None]) -> None:
         try:
             model = self._factory()
-        except BaseException as exc:  # the start() caller reports it
-            loop.call_soon_threadsafe(_fail, started, exc)
+        except BaseException as exc:  # start() reports it
+            built.fail(exc)
             return
-        loop.call_soon_threadsafe(_succeed, started, None)
-        while (job := self._next()) is not None:
+        built.put(None)
+        while (job := self._queue.pop()) is not None:
+            with self._lock:
+                self._busy += 1
             try:
-                result = job.fn(model)
+                job.results.put(job.fn(model))
             except BaseException as exc:
-                job.loop.call_soon_threadsafe(_fail, job.future, exc)
-            else:
-                job.loop.call_soon_threadsafe(_succeed, job.future, result)
+                job.results.fail(exc)
             finally:
-                with self._cond:
-                    self.busy -= 1
-
-
-def _succeed(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+                with self._lock:
+                    self._busy -= 1

@@ -1,0 +1,113 @@
+"""The HTTP routes and the WebSocket route in-process: Starlette's TestClient and a mock engine."""
+
+from __future__ import annotations
+
+import io
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from server.app import create_app
+from server.audio import SAMPLE_RATE
+from server.config import Limits, Settings
+from server.engines.mock import MS_PER_CHAR, MockEngine
+from tests.test_session import speech_wav
+
+
+@pytest.fixture
+def engine() -> MockEngine:
+    return MockEngine()
+
+
+@pytest.fixture
+def http(tmp_path: Path, engine: MockEngine) -> Iterator[TestClient]:
+    settings = Settings(host="127.0.0.1", data_dir=tmp_path / "data", certs_dir=tmp_path / "certs", limits=Limits(max_text_chars=200))
+    with TestClient(create_app(settings, engine=engine), base_url="https://testserver") as client:
+        yield client
+
+
+def test_healthz_reports_the_engine_and_metrics_count(http: TestClient) -> None:
+    health = http.get("/healthz").json()
+    assert health["status"] == "ok" and health["engine"]["name"] == "mock" and health["sessions"] == 0
+    metrics = http.get("/metrics")
+    assert metrics.status_code == 200 and "minestream_errors_total" in metrics.text
+
+
+def test_the_voice_library_round_trip(http: TestClient) -> None:
+    created = http.post("/v1/voices", files={"file": ("me.wav", speech_wav(), "audio/wav")}, data={"name": "Me", "ref_text": "hi"})
+    assert created.status_code == 201
+    voice = created.json()
+    assert voice["kind"] == "clone" and voice["has_audio"] and voice["ref_text"] == "hi"
+    designed = http.post("/v1/voices", json={"name": "Pirate", "design": "a gravelly pirate"}).json()
+    assert [v["id"] for v in http.get("/v1/voices").json()["voices"]] == [voice["id"], designed["id"]]
+    assert http.patch(f"/v1/voices/{voice['id']}", json={"name": "Renamed"}).json()["name"] == "Renamed"
+    audio = http.get(f"/v1/voices/{voice['id']}/audio")
+    with wave.open(io.BytesIO(audio.content)) as wav:
+        assert wav.getframerate() == SAMPLE_RATE and abs(wav.getnframes() * 1000 // SAMPLE_RATE - voice["duration_ms"]) <= 1
+    assert http.delete(f"/v1/voices/{voice['id']}").status_code == 204
+    assert http.get(f"/v1/voices/{voice['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"json": {"name": "x"}}, 400, "bad_message"),
+        ({"json": {"design": " "}}, 400, "bad_message"),
+        ({"content": b"[1]", "headers": {"content-type": "application/json"}}, 400, "bad_message"),
+        ({"files": {"file": ("junk.bin", b"not audio" * 100, "application/octet-stream")}}, 415, "unsupported_audio"),
+        ({"files": {"other": ("a.wav", b"x", "audio/wav")}}, 400, "bad_message"),
+    ],
+)
+def test_voice_creation_errors(http: TestClient, body: dict[str, object], status: int, code: str) -> None:
+    response = http.post("/v1/voices", **body)  # type: ignore[arg-type]
+    assert response.status_code == status and response.json()["error"]["code"] == code
+
+
+def test_speech_streams_wav_and_pcm(http: TestClient, engine: MockEngine) -> None:
+    text = "Hello over HTTP."
+    wav = http.post("/v1/audio/speech", json={"input": text, "voice": "alloy"})
+    assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav" and wav.content[:4] == b"RIFF"
+    pcm = http.post("/v1/audio/speech", json={"input": text, "instructions": "calm", "response_format": "pcm"})
+    samples = np.frombuffer(pcm.content, dtype="<i2")
+    assert len(samples) == len(text) * MS_PER_CHAR * SAMPLE_RATE // 1000
+    assert engine.requests[-1].voice.design == "calm"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"voice": "alloy"}, 400, "bad_message"),
+        ({"input": "hi", "voice": "nobody-saved-this"}, 404, "voice_not_found"),
+        ({"input": "hi", "voice": "alloy", "response_format": "mp3"}, 400, "bad_message"),
+        ({"input": "x" * 201, "voice": "alloy"}, 429, "limit"),
+        ({"input": "... !?", "voice": "alloy"}, 400, "bad_message"),
+        ({"input": "Hallo.", "voice": "alloy", "language": "klingon"}, 400, "unavailable"),
+    ],
+)
+def test_speech_refuses_what_the_socket_refuses(http: TestClient, body: dict[str, object], status: int, code: str) -> None:
+    response = http.post("/v1/audio/speech", json=body)
+    assert response.status_code == status and response.json()["error"]["code"] == code
+
+
+def test_the_socket_route_speaks_protocol_v1(http: TestClient) -> None:
+    with http.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"type": "hello", "protocol": 1})
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_json({"type": "speak", "id": "a", "text": "Hi there.", "voice": {"design": "calm"}})
+        kinds = []
+        while not kinds or kinds[-1] != "done":
+            kinds.append(ws.receive_json()["type"])
+        assert set(kinds[:-1]) == {"audio"}
+        assert http.get("/healthz").json()["sessions"] == 1
+
+
+def test_a_foreign_origin_cannot_open_the_socket(http: TestClient) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect) as caught, http.websocket_connect("/v1/stream", headers={"origin": "https://evil.example"}):
+        pass
+    assert caught.value.code == 1008
