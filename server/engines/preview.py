@@ -19,7 +19,7 @@ import numpy as np
 import soxr
 
 from ..errors import EngineError
-from ..text import clause_groups
+from ..text import pieces
 from .base import SAMPLE_RATE, Engine, EngineInfo, Reference, SynthesisRequest, Voice
 from .prosody import Style, median_pitch, speaking_rate, style_from_description, style_matching
 from .scheduler import WorkerPool
@@ -116,7 +116,7 @@ class PreviewEngine(Engine):
         # Piper renders a job whole and a worker cannot be interrupted, so the
         # job size bounds both the first audio of a long sentence and how long
         # an urgent job can wait behind one that is already running.
-        for text in clause_groups(request.text, JOB_MAX_CHARS, head=request.first):
+        for text in pieces(request.text, JOB_MAX_CHARS, request.language, head=request.first):
             try:
                 audio = await self.pool.submit(due, functools.partial(_render, text=text, style=style))
             except (ValueError, RuntimeError) as exc:
