@@ -33,7 +33,7 @@ import re
 from . import sentence_rules as rules
 from .sentence_rules import language_code, sentence_spans
 
-__all__ = ["LANGUAGES", "Segmenter", "language_code", "pieces", "sentences", "split_sentences", "wrap"]
+__all__ = ["LANGUAGES", "Segmenter", "SentenceBuffer", "language_code", "pieces", "sentences", "split_sentences", "wrap"]
 
 LANGUAGES = rules.LANGUAGES
 DEFAULT_MAX_CHARS = 400
@@ -52,7 +52,7 @@ _NEXT_WORD_DONE = re.compile(rf"\s*\S*?(?:\s|{rules.WIDE_LETTER})")
 
 def sentences(text: str, language: str = "auto") -> list[str]:
     """The sentences of ``text``, whatever their length."""
-    return [text[start:end].strip() for start, end in sentence_spans(text, language_code(language))]
+    return [sentence for start, end in sentence_spans(text, language_code(language)) if (sentence := text[start:end].strip())]
 
 
 def split_sentences(text: str, max_chars: int = DEFAULT_MAX_CHARS, language: str = "auto") -> list[str]:
@@ -197,6 +197,8 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
 
 def _wrap(text: str, start: int, end: int, max_chars: int) -> list[tuple[int, int]]:
     """The span ``text[start:end]`` as trimmed spans of at most ``max_chars``, tiling it but for whitespace."""
+    if max_chars < 1:
+        raise ValueError("max_chars must be at least 1")
     spans: list[tuple[int, int]] = []
     start, end = _trim(text, start, end)
     while end - start > max_chars:

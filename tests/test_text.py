@@ -236,6 +236,14 @@ def test_engine_pieces_pack_sentences_and_give_a_long_first_sentence_its_head() 
     assert pieces("你好。今天天气很好！", 100, "zh") == ["你好。今天天气很好！"]  # packed without an added space
 
 
+def test_empty_text_and_a_bad_maximum() -> None:
+    assert sentences("") == sentences("  \n ") == split_sentences(" ") == pieces("\t") == wrap("", 5) == []
+    assert Segmenter().push("   ") == [] and Segmenter().flush() == []
+    for bad in (lambda: wrap("abc", 0), lambda: pieces("abc", 0), lambda: Segmenter(max_chars=0)):
+        with pytest.raises(ValueError, match="max_chars"):
+            bad()
+
+
 def test_language_names_and_codes() -> None:
     assert [language_code(c) for c in ("en-US", "pt_BR", "English", "ZH", "japanese", None, "auto", "xx")] == ["en", "pt", "en", "zh", "ja", "auto", "auto", "auto"]
     assert set(LANGUAGES) == {"zh", "en", "ja", "ko", "de", "fr", "ru", "pt", "es", "it"}
