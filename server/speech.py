@@ -21,7 +21,7 @@ import numpy as np
 from . import metrics
 from .audio import SAMPLE_RATE
 from .engines.base import Engine, EngineInfo, SynthesisRequest, Voice
-from .text import SentenceBuffer, clause_groups
+from .text import Segmenter, pieces
 
 # A listener's buffered audio is due before it runs out; the next sentence is
 # asked for this long before that moment (the scheduler's deadline).
@@ -78,13 +78,13 @@ class Utterance:
 
 async def speak(engine: Engine, utterance: Utterance) -> AsyncIterator[np.ndarray]:
     """The utterance's audio, 24 kHz float32 chunks, as the engine makes it."""
-    sentences = SentenceBuffer()
+    sentences = Segmenter(utterance.language)
     lead_in = LeadInTrim()
     voice, first = utterance.voice, True
     while True:
         piece = await utterance.text.get()
         for sentence in sentences.push(piece) if piece is not None else sentences.flush():
-            for segment in engine_pieces(sentence, engine.info, first=first):
+            for segment in engine_pieces(sentence, engine.info, utterance.language, first=first):
                 request = SynthesisRequest(segment, voice, utterance.language, utterance.deadline(), first, utterance.owner)
                 kept: list[np.ndarray] = []
                 async for raw in _segment(engine, utterance, request):
@@ -101,14 +101,14 @@ async def speak(engine: Engine, utterance: Utterance) -> AsyncIterator[np.ndarra
             return
 
 
-def engine_pieces(sentence: str, info: EngineInfo, *, first: bool) -> list[str]:
+def engine_pieces(sentence: str, info: EngineInfo, language: str, *, first: bool) -> list[str]:
     """``sentence`` as the engine's requests: at most ``info.segment_chars`` each.
 
     An engine whose audio comes only once a request is rendered whole
     (``incremental`` False) gets a long first sentence's first clause alone,
     so the listener hears it while the rest is made.
     """
-    return clause_groups(sentence, info.segment_chars, head=first and not info.incremental)
+    return pieces(sentence, info.segment_chars, language, head=first and not info.incremental)
 
 
 class LeadInTrim:

@@ -1,107 +1,239 @@
-"""Splitting text into sentences, whole or as it streams in."""
+"""The text segmenter: the one place where text is cut into the pieces an engine speaks.
+
+Text reaches the engines whole (an HTTP request, a ``speak`` with all its text)
+or as it is written (tokens from an LLM); either way it is cut here, by one set
+of rules, in the ten languages the engines speak (zh en ja ko de fr ru pt es it)
+and in "auto", which must do well on anything, mixed scripts included.
+
+Three layers:
+
+* Sentences (``sentences``). sentencex proposes the boundaries and knows each
+  language's abbreviations ("z.B.", "Sra.", "ул."); ``server.sentence_rules``
+  corrects it where it is wrong for speech (titles and initials, German
+  ordinals, closing quotes and brackets, particles after a quote, marks glued
+  to a word).
+* Pieces of at most ``max_chars`` (``wrap``): a longer sentence is cut at its
+  clause marks (",;:—" before a space, "，、；：" anywhere), else between words,
+  else between characters, never inside a grapheme. No text is ever dropped:
+  the pieces, joined, are the input less its whitespace.
+* Streaming (``Segmenter``): a sentence is released as soon as it is settled,
+  the first clause of an utterance sooner, runaway text in bounded pieces.
+
+``pieces`` is what an engine uses on one request's text: sentences packed up to
+``max_chars``, optionally with the first clause alone so it can play while the
+rest is made.
+"""
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 
-# A sentence ends at . ! ? … (and CJK stops) followed by space, but not after
-# a single letter or a common abbreviation ("Dr. Smith", "U.S. law").
-_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|[。！？]")
-_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "no", "mt"}
-_CLAUSE = re.compile(r"(?<=[,;:—])\s+")
-_FIRST_CLAUSE_WORDS = 3
-# A head clause: only for sentences long enough to be worth cutting, and only
-# a clause that is a phrase of its own (not "Yes," nor most of the sentence).
-_HEAD_OVER, _HEAD_MIN, _HEAD_MAX = 24, 8, 90
+from . import sentence_rules as rules
+from .sentence_rules import language_code, sentence_spans
+
+__all__ = ["LANGUAGES", "Segmenter", "SentenceBuffer", "language_code", "pieces", "sentences", "split_sentences", "wrap"]
+
+LANGUAGES = rules.LANGUAGES
+DEFAULT_MAX_CHARS = 400
+FIRST_CLAUSE_WORDS = 3
+"""A first clause is said alone once it is a phrase: this many words (two CJK characters count one)."""
+_HEAD_SENTENCE_WORDS = 6  # a shorter sentence is not worth cutting for its head
+_HEAD_MAX_CHARS = 90  # nor is a head that is most of a long sentence
+
+_CLOSE = re.escape(rules.CLOSERS)
+# Where a clause ends: a Latin mark only before a space ("1,000", "10:30" are no
+# clause), a full-width one anywhere; quotes and brackets it closes stay with it.
+_CLAUSE_END = re.compile(rf"[,;:—–]+[{_CLOSE}]*(?=\s)|[，、；：､]+[{_CLOSE}]*")
+_WIDE = re.compile(rules.WIDE_LETTER)
+_NEXT_WORD_DONE = re.compile(rf"\s*\S*?(?:\s|{rules.WIDE_LETTER})")
 
 
-def _ends_with_abbreviation(text: str) -> bool:
-    words = text.rstrip(".").split()
-    if not words:
-        return False
-    word = words[-1].lower()
-    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+def sentences(text: str, language: str = "auto") -> list[str]:
+    """The sentences of ``text``, whatever their length."""
+    return [sentence for start, end in sentence_spans(text, language_code(language)) if (sentence := text[start:end].strip())]
 
 
-def _complete(text: str) -> tuple[list[str], str]:
-    """The complete sentences of ``text`` and the unfinished rest."""
-    sentences: list[str] = []
-    start = 0
-    for match in _END.finditer(text):
-        candidate = text[start : match.end()]
-        if match.group().startswith(".") and _ends_with_abbreviation(candidate):
-            continue
-        sentences.append(candidate.strip())
-        start = match.end()
-    return [s for s in sentences if s], text[start:]
+def split_sentences(text: str, max_chars: int = DEFAULT_MAX_CHARS, language: str = "auto") -> list[str]:
+    """The sentences of ``text``, each cut into pieces of at most ``max_chars``."""
+    return [piece for sentence in sentences(text, language) for piece in wrap(sentence, max_chars)]
 
 
-def clause_groups(sentence: str, max_chars: int, *, head: bool = False) -> list[str]:
-    """``sentence`` in pieces of at most ``max_chars``, cut at clause marks, else between words.
+def pieces(text: str, max_chars: int = DEFAULT_MAX_CHARS, language: str = "auto", *, head: bool = False) -> list[str]:
+    """``text`` as an engine renders it: whole sentences packed into pieces of at most ``max_chars``.
 
-    With ``head``, a long sentence's first clause (if it is a phrase worth
-    saying alone) is its own piece: it can be spoken while the rest is made.
+    With ``head``, a long first sentence's first clause (once it is a phrase)
+    is a piece of its own: it can be heard while the rest is made.
     """
-    clauses = [c.strip() for c in _CLAUSE.split(sentence) if c.strip()]
-    pieces: list[str] = []
-    if head and len(sentence) > _HEAD_OVER and clauses and _HEAD_MIN <= len(clauses[0]) <= _HEAD_MAX:
-        pieces.append(clauses.pop(0))
-    current = ""
-    for clause in clauses:
-        for word in clause.split() if len(clause) > max_chars else [clause]:
-            if current and len(current) + 1 + len(word) > max_chars:
-                pieces.append(current)
-                current = ""
-            current = f"{current} {word}" if current else word[:max_chars]
-    if current:
-        pieces.append(current)
-    return pieces
+    spans = sentence_spans(text, language_code(language))
+    if not spans:
+        return []
+    first: list[tuple[int, int]] = []
+    if head:
+        start, end = spans[0]
+        cut = _head_cut(text[start:end])
+        worth = _words(text[start:end]) >= _HEAD_SENTENCE_WORDS
+        if cut is not None and worth and cut <= min(max_chars, _HEAD_MAX_CHARS) and text[start + cut : end].strip():
+            first = [_trim(text, start, start + cut)]
+            spans[0] = (start + cut, end)
+    wrapped = [piece for start, end in spans for piece in _wrap(text, start, end, max_chars)]
+    return [text[start:end] for start, end in first + _pack(wrapped, max_chars)]
 
 
-def split_sentences(text: str, max_chars: int = 400) -> list[str]:
-    """Sentences of ``text``, each at most ``max_chars`` long."""
-    sentences, rest = _complete(text + " ")
-    if rest.strip():
-        sentences.append(rest.strip())
-    return [piece for s in sentences for piece in clause_groups(s, max_chars)]
+def wrap(text: str, max_chars: int) -> list[str]:
+    """``text`` (one sentence, say) in pieces of at most ``max_chars``: cut at clauses, else words, else characters."""
+    return [text[start:end] for start, end in _wrap(text, 0, len(text), max_chars)]
 
 
-class SentenceBuffer:
-    """Collects streamed text and releases each sentence once it is complete.
+class Segmenter:
+    """Cuts one utterance's text as it streams in, for example token by token from an LLM.
 
-    A sentence is complete once its end mark is followed by whitespace: "Hi."
-    alone may still become "Hi.5", but "Hi. " is done. Until the first piece is
-    out, a clause ("Well, I think", then a comma and a space) is enough: the
-    listener hears something sooner, and later pieces have time to arrive
-    while it plays.
+    ``push`` returns the pieces that are ready to be spoken, ``flush`` the rest
+    once the text has ended; every piece is at most ``max_chars`` long.
+
+    A sentence is ready once it is settled: its end mark is followed by a space
+    (a CJK full stop needs none), and no text yet to come can undo it. "Hello. "
+    is settled at once; "Dr. " waits for the name, and "at 5 p.m. " for the next
+    word ("on Friday" continues the sentence, "Then" does not). "「はい。」"
+    waits for the next character ("と" continues it) and "“好的。" for its
+    closing quote.
+
+    Until the first piece is out, a clause ("Well, I think so," then a space,
+    or "我们去公园，") is enough once it is a phrase: the listener hears
+    something sooner, and later pieces have time to arrive while it plays.
+    Text that runs past ``max_chars`` with no sentence end is released in
+    pieces of at most that, all but its unfinished tail.
+
+    One Segmenter is one utterance, used by one task or thread at a time.
     """
 
-    def __init__(self, max_chars: int = 400) -> None:
+    def __init__(self, language: str = "auto", max_chars: int = DEFAULT_MAX_CHARS, *, early_first_clause: bool = True) -> None:
+        if max_chars < 1:
+            raise ValueError("max_chars must be at least 1")
+        self.language = language_code(language)
         self.max_chars = max_chars
+        self.early_first_clause = early_first_clause
         self._pending = ""
         self._started = False
 
     def push(self, text: str) -> list[str]:
-        sentences, self._pending = _complete(self._pending + text)
-        if not sentences and not self._started:
-            sentences = self._first_clause()
-        if len(self._pending) > self.max_chars:
-            # Runaway text without punctuation: release all but the last word.
-            head, _, tail = self._pending.rpartition(" ")
-            sentences.append(head.strip())
-            self._pending = tail
-        released = [piece for s in sentences if s for piece in clause_groups(s, self.max_chars)]
+        self._pending += text
+        released = self._settled_sentences()
+        if not released and not self._started and self.early_first_clause:
+            released = self._first_clause()
+        released += self._runaway()
         self._started = self._started or bool(released)
         return released
 
-    def _first_clause(self) -> list[str]:
-        for match in _CLAUSE.finditer(self._pending):
-            head = self._pending[: match.start()]
-            if len(head.split()) >= _FIRST_CLAUSE_WORDS:
-                self._pending = self._pending[match.end() :]
-                return [head.strip()]
-        return []
-
     def flush(self) -> list[str]:
         text, self._pending = self._pending, ""
-        return split_sentences(text, self.max_chars)
+        self._started = self._started or bool(text.strip())
+        return split_sentences(text, self.max_chars, self.language)
+
+    def _settled_sentences(self) -> list[str]:
+        text = self._pending
+        ends = [end for _, end in sentence_spans(text, self.language)]
+        done = 0
+        for end in ends:
+            if not self._settled(text, end):
+                break
+            done = end
+        released = [text[s:e] for start, end in itertools.pairwise([0, *ends]) if end <= done for s, e in _wrap(text, start, end, self.max_chars)]
+        self._pending = text[done:]
+        return released
+
+    def _settled(self, text: str, end: int) -> bool:
+        """Whether the sentence ending at ``end`` stays one, whatever text is still to come."""
+        if end < len(text) and _NEXT_WORD_DONE.match(text, end):
+            return True  # the boundary was decided with the next word in view
+        return rules.ends_sentence(text[:end], self.language)
+
+    def _first_clause(self) -> list[str]:
+        cut = _head_cut(self._pending)
+        if cut is None:
+            return []
+        head, self._pending = self._pending[:cut], self._pending[cut:]
+        return wrap(head, self.max_chars)
+
+    def _runaway(self) -> list[str]:
+        text = self._pending
+        if len(text.strip()) <= self.max_chars:
+            return []
+        spans = _wrap(text, 0, len(text), self.max_chars)
+        self._pending = text[spans[-1][0] :]  # the tail may still grow: it waits
+        return [text[start:end] for start, end in spans[:-1]]
+
+
+class SentenceBuffer(Segmenter):
+    """The former name of ``Segmenter`` (``max_chars`` first), kept until every caller passes a language."""
+
+    def __init__(self, max_chars: int = DEFAULT_MAX_CHARS, language: str = "auto") -> None:
+        super().__init__(language, max_chars)
+
+
+def _words(text: str) -> int:
+    """How many words ``text`` says: spaced words, and CJK characters two to a word."""
+    wide = len(_WIDE.findall(text))
+    spaced = sum(1 for token in _WIDE.sub(" ", text).split() if rules.speakable(token))
+    return spaced + math.ceil(wide / 2)
+
+
+def _head_cut(text: str) -> int | None:
+    """Where the first clause of ``text`` that is a phrase ends (its clause mark included), if it has one."""
+    for match in _CLAUSE_END.finditer(text):
+        if _words(text[: match.end()]) >= FIRST_CLAUSE_WORDS:
+            return match.end()
+    return None
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _wrap(text: str, start: int, end: int, max_chars: int) -> list[tuple[int, int]]:
+    """The span ``text[start:end]`` as trimmed spans of at most ``max_chars``, tiling it but for whitespace."""
+    if max_chars < 1:
+        raise ValueError("max_chars must be at least 1")
+    spans: list[tuple[int, int]] = []
+    start, end = _trim(text, start, end)
+    while end - start > max_chars:
+        cut = start + _cut(text[start : start + max_chars + 1], max_chars)
+        spans.append(_trim(text, start, cut))
+        start, end = _trim(text, cut, end)
+    if end > start:
+        spans.append((start, end))
+    return spans
+
+
+def _cut(window: str, limit: int) -> int:
+    """Where to end a piece that starts ``window`` and is at most ``limit`` long.
+
+    The last clause end, unless it comes so early that the piece would be a
+    stub; else the last space; else a clause end after all; else the last
+    grapheme boundary (a 5,000-character "word" is still said, in pieces).
+    """
+    clause = max((m.end() for m in _CLAUSE_END.finditer(window, 0, limit + 1) if m.end() <= limit), default=0)
+    if clause >= limit // 3 and clause > 0:
+        return clause
+    space = next((i for i in range(min(limit, len(window) - 1), 0, -1) if window[i].isspace()), 0)
+    if space:
+        return space
+    if clause:
+        return clause
+    return next((i for i in range(limit, 0, -1) if rules.grapheme_boundary(window, i)), limit)
+
+
+def _pack(spans: list[tuple[int, int]], max_chars: int) -> list[tuple[int, int]]:
+    """Consecutive spans joined while the joined span is at most ``max_chars`` long."""
+    packed: list[tuple[int, int]] = []
+    for start, end in spans:
+        if packed and end - packed[-1][0] <= max_chars:
+            packed[-1] = (packed[-1][0], end)
+        else:
+            packed.append((start, end))
+    return packed

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from ...errors import EngineError
+from ...text import pieces as text_pieces
 from ..base import SAMPLE_RATE, Engine, EngineInfo, Reference, SynthesisRequest, Voice
 from . import compat
 from .graphs import StaticTalker, predictor_sampling, supports_static
@@ -34,27 +34,12 @@ _SAMPLE_TEXT = {
     "japanese": "こんにちは、はじめまして。今日はとてもいい天気ですね。",
 }
 _DEFAULT_SAMPLE = "Hello, it's nice to meet you. The weather is lovely today, so let's take a walk together."
-_SENTENCE_END = re.compile(r"(?<=[.!?;。！？；…])\s*")
 _PROMPT_CACHE_SIZE = 64
 
 
-def split_long(text: str, max_chars: int) -> list[str]:
-    """Pieces of at most ``max_chars``, cut at sentence ends, then commas, then spaces."""
-    text = text.strip()
-    if len(text) <= max_chars:
-        return [text] if text else []
-    pieces: list[str] = []
-    for sentence in filter(None, (s.strip() for s in _SENTENCE_END.split(text))):
-        while len(sentence) > max_chars:
-            cut = max(sentence.rfind(c, 0, max_chars) for c in ",，、 ")
-            cut = cut + 1 if cut > 0 else max_chars
-            pieces.append(sentence[:cut].strip())
-            sentence = sentence[cut:].strip()
-        if pieces and len(pieces[-1]) + 1 + len(sentence) <= max_chars:
-            pieces[-1] = f"{pieces[-1]} {sentence}"
-        elif sentence:
-            pieces.append(sentence)
-    return pieces
+def split_long(text: str, max_chars: int, language: str = "auto") -> list[str]:
+    """Pieces of at most ``max_chars``: whole sentences packed, longer ones cut (``server.text.pieces``)."""
+    return text_pieces(text, max_chars, language)
 
 
 def _audio_key(audio: np.ndarray) -> str:
@@ -136,7 +121,7 @@ class QwenEngine(Engine):
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
         voice = request.voice
-        pieces = split_long(request.text, self.max_chars)
+        pieces = split_long(request.text, self.max_chars, request.language)
         for index, piece in enumerate(pieces):
             heard: list[np.ndarray] = []
             async for chunk in self._stream(request, voice, piece, first=request.first and index == 0):
