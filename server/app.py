@@ -83,7 +83,7 @@ async def _open(stack: contextlib.AsyncExitStack, settings: Settings, engine: En
 
 
 async def _close_sessions(state: ServerState) -> None:
-    for session in list(state.sessions):
+    for session in list(state.sessions | state.pending):
         await session.close()
 
 

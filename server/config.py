@@ -12,14 +12,27 @@ from .protocol import QueueLimits
 
 @dataclass(frozen=True)
 class Limits:
-    """Reported to clients in ``ready``; every one is enforced by the session."""
+    """What one client may ask for and hold. Those a client should know are in ``ready``."""
 
     max_text_chars: int = 5000
     max_ref_seconds: float = 30.0
     max_open_utterances: int = 8
     max_message_bytes: int = 1 << 20
     max_sessions: int = 256
+    """Sessions that said hello (and gave the token); others wait in the pending budget."""
+    max_pending: int = 64
+    """Connections that have not said hello yet: a separate, small budget, so idle sockets lock nobody out."""
     max_uploads: int = 2
+    max_audio_s_per_char: float = 1.0
+    """Audio one character may become (numbers and symbols expand; runaway engines do not stop)."""
+    max_utterance_audio_s: float = 900.0
+    hello_timeout_s: float = 5.0
+    idle_timeout_s: float = 300.0
+    """A session with nothing open that sends nothing for this long is closed."""
+    send_timeout_s: float = 20.0
+    """A client that takes longer than this to accept one frame is not reading: it is closed."""
+    request_timeout_s: float = 10.0
+    """A TLS connection that sends no HTTP request for this long is closed."""
     queue: QueueLimits = field(default_factory=QueueLimits)
 
     def as_message(self) -> dict[str, Any]:
@@ -28,6 +41,10 @@ class Limits:
             "max_ref_seconds": self.max_ref_seconds,
             "max_open_utterances": self.max_open_utterances,
             "max_message_bytes": self.max_message_bytes,
+            "max_uploads": self.max_uploads,
+            "max_utterance_audio_s": self.max_utterance_audio_s,
+            "idle_timeout_s": self.idle_timeout_s,
+            "max_queued_bytes": self.queue.max_bytes,
         }
 
 
@@ -56,6 +73,11 @@ class Settings:
     ice_servers: tuple[str, ...] = ()
     rtc_connect_timeout_s: float = 15.0
     """A WebRTC peer that has not connected by then is closed and freed."""
+    drain_timeout_s: float = 30.0
+    """On SIGTERM, how long utterances in flight may take to finish."""
+    tls: bool = True
+    behind_proxy: bool = False
+    """A TLS-terminating proxy is in front: plain HTTP is allowed off loopback, X-Forwarded-* is trusted."""
     limits: Limits = field(default_factory=Limits)
 
     @property

@@ -7,12 +7,14 @@
     │   └── NothingToSay   bad_message        400   text with nothing speakable in it
     ├── UnknownType        unknown_type       400
     ├── NotReady           not_ready          400   a message before hello
+    │   └── HelloTimeout   not_ready                fatal, close 1008: no hello in time
     ├── Unauthorized       unauthorized       401   fatal, close 1008
     │   └── Forbidden      unauthorized       403   a page from a foreign Origin
     ├── TooLarge           too_large          413   fatal, close 1009
     ├── LimitExceeded      limit              429   text, utterances, uploads, reference length
     │   ├── TooManySessions  limit            503   fatal, close 1013 (try again later)
-    │   └── Overloaded     limit                    fatal, close 1008: the client stopped reading
+    │   ├── Overloaded     limit                    fatal, close 1008: the client stopped reading
+    │   └── IdleTimeout    limit                    fatal, close 1001: nothing sent for too long
     ├── DuplicateId        duplicate_id       409
     ├── UnknownId          unknown_id         404
     ├── VoiceNotFound      voice_not_found    404
@@ -66,6 +68,11 @@ class NotReady(MineStreamError):
     http_status = 400
 
 
+class HelloTimeout(NotReady):
+    fatal = True
+    close_code = 1008
+
+
 class Unauthorized(MineStreamError):
     code = "unauthorized"
     fatal = True
@@ -106,6 +113,11 @@ class Overloaded(LimitExceeded):
 
     fatal = True
     close_code = 1008
+
+
+class IdleTimeout(LimitExceeded):
+    fatal = True
+    close_code = 1001  # going away
 
 
 class DuplicateId(MineStreamError):

@@ -204,6 +204,7 @@ async def healthz(request: Request) -> Response:
             "status": "ok" if health.get("state") == "ready" else health.get("state", "unknown"),
             "engine": {**state.engine.info.as_message(), **health},
             "sessions": len(state.sessions),
+            "pending": len(state.pending),
         }
     )
 

@@ -33,6 +33,9 @@ FORMATS = ("pcm_s16le", "pcm_f32le")
 SAMPLE_RATES = (24000, 16000, 22050, 44100, 48000)
 MAX_ID_CHARS = 128
 MAX_ECHO_CHARS = 256
+MAX_BEFORE_HELLO = 8
+"""Messages answered with not_ready before the connection is dropped: a client that ignores
+the first answers is not a client, and each answer costs memory until it is read."""
 
 Frame = Union[bytes, str]
 
@@ -402,6 +405,7 @@ class ServerConnection:
         self.hello: Hello | None = None
         self.binary = False
         self.failure: Overloaded | None = None
+        self._before_hello = 0
         self._seq: dict[str, int] = {}
         self._queue: deque[_Queued] = deque()
         self.queued_bytes = 0
@@ -415,17 +419,27 @@ class ServerConnection:
 
     def receive(self, frame: Frame) -> ClientMessage:
         """The client's message; raises the ``MineStreamError`` to report."""
+        if self.hello is not None:
+            message = parse_message(decode_frame(frame, self.max_message_bytes), text_frame=isinstance(frame, str))
+            if isinstance(message, Hello):
+                raise BadMessage("'hello' was already received")
+            return message
+        # Until hello, answer in the encoding the client is speaking.
+        self.binary = isinstance(frame, bytes)
+        try:
+            return self._receive_hello(frame)
+        except MineStreamError as exc:
+            self._before_hello += 1
+            if not exc.fatal and self._before_hello > MAX_BEFORE_HELLO:
+                raise Overloaded(f"more than {MAX_BEFORE_HELLO} messages that are not a valid 'hello'") from None
+            raise
+
+    def _receive_hello(self, frame: Frame) -> Hello:
         obj = decode_frame(frame, self.max_message_bytes)
-        if self.hello is None:
-            # Until hello, answer in the encoding the client is speaking.
-            self.binary = isinstance(frame, bytes)
         message = parse_message(obj, text_frame=isinstance(frame, str))
-        if self.hello is None:
-            if not isinstance(message, Hello):
-                raise NotReady("send 'hello' first", id=_field(obj, "id"), ref=_field(obj, "ref"))
-            self.hello = message
-        elif isinstance(message, Hello):
-            raise BadMessage("'hello' was already received")
+        if not isinstance(message, Hello):
+            raise NotReady("send 'hello' first", id=_field(obj, "id"), ref=_field(obj, "ref"))
+        self.hello = message
         return message
 
     # --- utterances ----------------------------------------------------------

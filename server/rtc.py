@@ -28,6 +28,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -54,6 +55,8 @@ OFFER_MAX_BYTES = 64 * 1024
 """A peer whose control channel is not open by then is dropped."""
 CONTROL_LABEL = "control"
 MAX_PENDING_FRAMES = 256
+CHANNEL_HIGH_WATER = 1 << 20
+"""Bytes the data channel may hold unsent before the writer waits for the peer to read."""
 """Data-channel frames waiting for the session; a peer that floods past this is cut."""
 FLUSH_TIMEOUT_S = 2.0
 
@@ -255,7 +258,6 @@ class RtcPeer:
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._timeout: asyncio.TimerHandle | None = None
-        state.sessions.add(self.session)
         peers.open.add(self)
 
     async def answer(self, offer_sdp: str) -> RTCSessionDescription:
@@ -298,6 +300,7 @@ class RtcPeer:
 
     def _bind(self, channel: RTCDataChannel) -> None:
         self.channel = channel
+        self.session.opened_at = time.monotonic()  # the hello clock runs from here, not from the offer
         if self._timeout is not None:
             self._timeout.cancel()
 
@@ -320,18 +323,35 @@ class RtcPeer:
             self._close_soon("no connection in time")
 
     async def _read(self) -> None:
-        # One frame at a time, in order, as the WebSocket loop does.
+        # One frame at a time, in order, with the session's clocks, as the WebSocket loop does.
         while True:
-            fatal = await self.session.receive(await self._frames.get())
+            try:
+                frame = await asyncio.wait_for(self._frames.get(), self.session.timeout())
+            except asyncio.TimeoutError:
+                expired = self.session.expired()
+                if expired is None:
+                    continue
+                self.session.connection.send_error(expired)
+                self._close_soon(expired.code)
+                return
+            fatal = await self.session.receive(frame)
             if fatal is not None:
                 self._close_soon(f"fatal {fatal.code}")
                 return
 
     async def _write(self, channel: RTCDataChannel) -> None:
+        channel.bufferedAmountLowThreshold = CHANNEL_HIGH_WATER // 2
+        drained = asyncio.Event()
+        channel.on("bufferedamountlow", drained.set)
+        send_timeout = self.state.settings.limits.send_timeout_s
         try:
             while (frame := await self.session.outbox.next_frame()) is not None:
                 channel.send(frame)
-        except Exception:  # overloaded, or the channel closed under us: the close tears down
+                # aiortc buffers without bound: a peer that does not read must not grow it.
+                if channel.bufferedAmount > CHANNEL_HIGH_WATER:
+                    drained.clear()
+                    await asyncio.wait_for(drained.wait(), send_timeout)
+        except Exception:  # overloaded, not reading, or the channel closed under us: the close tears down
             log.debug("writer for %s stopped", self.session.id, exc_info=True)
             self._close_soon("writer stopped")
 
@@ -353,7 +373,7 @@ class RtcPeer:
         log.debug("closing %s: %s", self.session.id, reason)
         if self._timeout is not None:
             self._timeout.cancel()
-        self.state.sessions.discard(self.session)
+        self.state.forget(self.session)
         self.peers.open.discard(self)
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()

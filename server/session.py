@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping
 
 from . import metrics
 from .config import Limits
 from .engines.base import Engine
-from .errors import MineStreamError, Unauthorized
+from .errors import HelloTimeout, IdleTimeout, MineStreamError, Unauthorized
 from .outbox import Outbox
 from .protocol import (
     Cancel,
@@ -53,17 +54,23 @@ class Session:
         check_token: Callable[[str | None], bool] | None = None,
         sink: Callable[[Outbox], AudioSink] = MessageSink,
         recorders: Mapping[str, Recorder] | None = None,
+        admit: Callable[[Session], None] = lambda session: None,
     ) -> None:
-        """``check_token`` is None when the transport has already authorised the client."""
+        """``check_token`` is None when the transport has already authorised the client;
+        ``admit`` is called with an authorised ``hello``, before ``ready`` (it raises when the server is full)."""
         self.id = "s_" + secrets.token_hex(6)
         self.engine = engine
         self.limits = limits
         self._check_token = check_token
+        self._admit = admit
         self.connection = ServerConnection(limits.max_message_bytes, limits.queue)
         self.connection.on_error = lambda error: metrics.ERRORS.labels(error.code).inc()
         self.outbox = Outbox(self.connection)
         self.utterances = Utterances(self.connection, engine, library, limits, sink(self.outbox), owner=self.id)
         self.uploads = Uploads(self.connection, engine, library, limits, recorders)
+        self._ready = False
+        self.opened_at = time.monotonic()
+        """When the hello clock started (a transport may restart it once the client can talk)."""
 
     @property
     def authorized(self) -> bool:
@@ -72,7 +79,26 @@ class Session:
     @property
     def ready(self) -> bool:
         """``hello`` was accepted: the client is authorised and speaking protocol v1."""
-        return self.connection.hello is not None and self.authorized
+        return self._ready
+
+    def timeout(self) -> float | None:
+        """How long the transport may wait for the client's next frame before ``expired`` (None: no limit)."""
+        if not self.ready:
+            return max(0.0, self.opened_at + self.limits.hello_timeout_s - time.monotonic())
+        return None if self.busy else self.limits.idle_timeout_s
+
+    def expired(self) -> MineStreamError | None:
+        """The fatal error once a wait of ``timeout()`` has passed with no frame (None: carry on)."""
+        if not self.ready:
+            return HelloTimeout(f"no valid 'hello' within {self.limits.hello_timeout_s:g} s")
+        if self.busy:
+            return None  # something opened while the transport waited
+        return IdleTimeout(f"nothing was sent for {self.limits.idle_timeout_s:g} s")
+
+    @property
+    def busy(self) -> bool:
+        """Something is open: an utterance or an upload."""
+        return bool(len(self.utterances) or len(self.uploads))
 
     async def receive(self, frame: Frame) -> MineStreamError | None:
         """Handle one frame; returns the fatal error that must end the transport, if any."""
@@ -120,6 +146,8 @@ class Session:
             if not self._check_token(hello.token):
                 raise Unauthorized("a valid token is required: pass it in hello.token, ?token= or a Bearer header")
             self._check_token = None
+        self._admit(self)
+        self._ready = True
         engine = {**self.engine.info.as_message(), "state": self.engine.health().get("state", "ready")}
         self.connection.send(Ready(self.id, engine, hello.format, hello.sample_rate, self.limits.as_message()))
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .engines.base import Engine
+from .errors import TooManySessions, Unavailable
 from .outbox import Outbox
 from .session import Session
 from .sinks import AudioSink, MessageSink
@@ -23,6 +24,11 @@ class ServerState:
     token: str | None
     """The token clients must give; None when none is required."""
     sessions: set[Session] = field(default_factory=set)
+    """Sessions that said hello: they count towards ``max_sessions``."""
+    pending: set[Session] = field(default_factory=set)
+    """Connections that have not said hello yet: they count towards ``max_pending``."""
+    draining: bool = False
+    """Shutting down: no new sessions or utterances; those in flight finish."""
 
     def check_token(self, token: str | None) -> bool:
         if self.token is None:
@@ -32,12 +38,37 @@ class ServerState:
     def new_session(
         self, *, authorized: bool, sink: Callable[[Outbox], AudioSink] = MessageSink, recorders: Mapping[str, Recorder] | None = None
     ) -> Session:
-        """A session with this server's engine, library and limits; ``authorized``: the transport checked the token."""
-        return Session(
+        """A pending session with this server's engine, library and limits.
+
+        ``authorized``: the transport already checked the token. The session
+        counts towards ``max_sessions`` once its ``hello`` is accepted.
+        """
+        limits = self.settings.limits
+        if self.draining:
+            raise Unavailable("the server is shutting down; try again shortly")
+        if len(self.pending) >= limits.max_pending:
+            raise TooManySessions(f"{limits.max_pending} connections are already waiting to say hello")
+        session = Session(
             engine=self.engine,
             library=self.library,
-            limits=self.settings.limits,
+            limits=limits,
             check_token=None if authorized or self.token is None else self.check_token,
             sink=sink,
             recorders=recorders,
+            admit=self._admit,
         )
+        self.pending.add(session)
+        return session
+
+    def _admit(self, session: Session) -> None:
+        if session in self.sessions:
+            return
+        if len(self.sessions) >= self.settings.limits.max_sessions:
+            raise TooManySessions(f"the server is at its limit of {self.settings.limits.max_sessions} sessions")
+        self.pending.discard(session)
+        self.sessions.add(session)
+
+    def forget(self, session: Session) -> None:
+        """The session has ended."""
+        self.pending.discard(session)
+        self.sessions.discard(session)

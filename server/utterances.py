@@ -48,6 +48,10 @@ class Utterances:
     def __len__(self) -> int:
         return len(self._open)
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [running.task for running in self._open.values()]
+
     async def speak(self, message: Speak) -> None:
         started = time.monotonic()
         self._connection.open(message.id)  # raises DuplicateId: the open one goes on

@@ -1,16 +1,25 @@
-"""The WebSocket transport: frames from the socket to the session and back."""
+"""The WebSocket transport: frames from the socket to the session and back.
+
+Besides moving frames it runs the session's clocks (``Session.timeout``: a
+``hello`` in time, an idle session closed) and closes a client that takes
+longer than ``send_timeout_s`` to accept a frame: it is not reading.
+uvicorn's WebSocket pings (see ``server.runner``) find peers that vanished.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import MutableMapping
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .auth import connection_token, origin_allowed
-from .errors import Overloaded, TooManySessions
-from .protocol import Error, encode_frame
+from .config import Limits
+from .errors import MineStreamError, Overloaded
+from .protocol import Error, Frame, encode_frame
 from .session import Session
 from .state import ServerState
 
@@ -26,21 +35,19 @@ async def stream_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=1008)  # before accept: the upgrade is refused (403)
         return
     await websocket.accept()
-    limit = state.settings.limits.max_sessions
-    if len(state.sessions) >= limit:
-        refusal = TooManySessions(f"the server is at its limit of {limit} sessions")
-        await websocket.send_text(str(encode_frame(Error.of(refusal), binary=False)))
-        await websocket.close(code=refusal.close_code)
-        return
     token = connection_token(websocket)
-    session = state.new_session(authorized=token is not None and state.check_token(token))
-    state.sessions.add(session)
-    writer = asyncio.create_task(_write(websocket, session), name=f"writer-{session.id}")
+    try:
+        session = state.new_session(authorized=token is not None and state.check_token(token))
+    except MineStreamError as refusal:
+        await websocket.send_text(str(encode_frame(Error.of(refusal), binary=False)))
+        await websocket.close(code=refusal.close_code if refusal.fatal else 1012)  # 1012: restarting, retry
+        return
+    writer = asyncio.create_task(_write(websocket, session, state.settings.limits), name=f"writer-{session.id}")
     close_code = 1000
     try:
         close_code = await _read(websocket, session)
     finally:
-        state.sessions.discard(session)
+        state.forget(session)
         await session.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, timeout=FLUSH_TIMEOUT_S)
@@ -50,28 +57,41 @@ async def stream_endpoint(websocket: WebSocket) -> None:
 
 
 async def _read(websocket: WebSocket, session: Session) -> int:
-    """Frames to the session until the client leaves or a fatal error; returns the close code."""
+    """Frames to the session until the client leaves, a clock runs out or a fatal error; returns the close code."""
     with contextlib.suppress(WebSocketDisconnect):
         while True:
-            message = await websocket.receive()
+            try:
+                message = await asyncio.wait_for(websocket.receive(), session.timeout())
+            except asyncio.TimeoutError:
+                expired = session.expired()
+                if expired is None:
+                    continue
+                session.connection.send_error(expired)
+                return expired.close_code
             if message["type"] == "websocket.disconnect":
                 break
-            frame = message.get("bytes")
-            if frame is None:
-                frame = message.get("text") or ""
-            fatal = await session.receive(frame)
+            fatal = await session.receive(_frame(message))
             if fatal is not None:
                 return fatal.close_code
     return 1000
 
 
-async def _write(websocket: WebSocket, session: Session) -> None:
+def _frame(message: MutableMapping[str, Any]) -> Frame:
+    data = message.get("bytes")
+    if isinstance(data, bytes):
+        return data
+    text = message.get("text")
+    return text if isinstance(text, str) else ""
+
+
+async def _write(websocket: WebSocket, session: Session, limits: Limits) -> None:
     try:
         while (frame := await session.outbox.next_frame()) is not None:
-            if isinstance(frame, bytes):
-                await websocket.send_bytes(frame)
-            else:
-                await websocket.send_text(frame)
+            send = websocket.send_bytes(frame) if isinstance(frame, bytes) else websocket.send_text(frame)
+            try:
+                await asyncio.wait_for(send, limits.send_timeout_s)
+            except asyncio.TimeoutError:
+                raise Overloaded(f"the client did not read for {limits.send_timeout_s:g} s") from None
     except Overloaded as exc:
         log.info("closing %s: %s", session.id, exc.message)
         with contextlib.suppress(Exception):

@@ -9,7 +9,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from server.errors import BadMessage, DuplicateId, NotReady, TooLarge, UnknownType, VoiceNotFound
+from server.errors import BadMessage, DuplicateId, NotReady, Overloaded, TooLarge, UnknownType, VoiceNotFound
 from server.protocol import (
     Audio,
     Done,
@@ -238,3 +238,13 @@ def test_a_client_that_never_reads_overloads_the_connection_and_memory_stays_bou
 
 def test_done_and_errors_are_typed_messages() -> None:
     assert Done("a", True).type == "done" and Error.of(NotReady("x"), id="i").id == "i"
+
+
+def test_a_client_that_never_says_hello_is_dropped_after_a_few_answers() -> None:
+    connection = ServerConnection(1 << 20)
+    for i in range(8):
+        with pytest.raises((NotReady, BadMessage)):
+            connection.receive(json.dumps({"type": "ping"}) if i % 2 else "junk")
+    with pytest.raises(Overloaded) as caught:
+        connection.receive("junk")
+    assert caught.value.fatal and caught.value.code == "limit"

@@ -42,11 +42,12 @@ async def connect(live: LiveServer, **kwargs: object) -> RtcClient:
 
 
 async def sessions_become(live: LiveServer, count: int, timeout: float = 10) -> None:
-    """Wait until the server reports ``count`` sessions (another process: polled)."""
+    """Wait until the server reports ``count`` sessions, said hello or not (another process: polled)."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=live.base_url, verify=live.ssl_context()) as http:
         while True:
-            sessions = (await http.get("/healthz")).json()["sessions"]
+            health = (await http.get("/healthz")).json()
+            sessions = health["sessions"] + health["pending"]
             if sessions == count:
                 return
             assert time.monotonic() < deadline, f"{sessions} sessions open, expected {count}"

@@ -21,7 +21,7 @@ async def test_hello_is_answered_with_ready(server: LiveServer) -> None:
     assert ready["format"] == "pcm_f32le" and ready["sample_rate"] == 48000
     engine = ready["engine"]
     assert engine["kind"] == "preview" and engine["design"] and engine["clone"] and "approximates" in engine["note"]
-    assert set(ready["limits"]) == {"max_text_chars", "max_ref_seconds", "max_open_utterances", "max_message_bytes"}
+    assert {"max_text_chars", "max_ref_seconds", "max_open_utterances", "max_message_bytes"} <= set(ready["limits"])
 
 
 async def test_design_speak_streams_speech(server: LiveServer) -> None:

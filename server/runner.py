@@ -1,0 +1,153 @@
+"""Serving the app: uvicorn over TLS, with the connection clocks, quiet logs and a graceful drain.
+
+* A TLS connection that never sends a request is closed after
+  ``request_timeout_s`` (uvicorn only times out connections that have had a
+  request), so idle sockets cannot pile up.
+* WebSocket pings find peers that vanished without a close.
+* Every log line goes through one handler and one format, with any token
+  redacted (``?token=`` is in access lines and WebSocket upgrades).
+* On SIGTERM the server drains: it stops accepting, ``/readyz`` turns 503,
+  utterances in flight may finish until ``drain_timeout_s``, then every
+  WebSocket is closed with 1012 (service restart: clients may reconnect).
+  SIGINT (Ctrl-C) stops at once, as a developer expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import re
+import signal
+import socket
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from .app import create_app
+from .config import Settings
+from .state import ServerState
+
+log = logging.getLogger("minestream")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_TOKEN = re.compile(r"(?i)(token=|bearer\s+)[^\s&\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """Replaces the value of ``token=`` and ``Bearer`` in every record: logs are read by more people than the token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _TOKEN.search(message):
+            record.msg, record.args = _TOKEN.sub(r"\1[redacted]", message), ()
+        return True
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RedactTokens())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+
+
+def first_request_deadline(seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol, closing a connection that sends no request within ``seconds``."""
+    base: Any = AutoHTTPProtocol
+
+    class FirstRequestDeadline(base):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            # uvicorn's keep-alive timer does exactly this between requests, and the first data cancels it.
+            self.timeout_keep_alive_task = self.loop.call_later(seconds, self.timeout_keep_alive_handler)
+
+    return FirstRequestDeadline
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: Starlette, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._drain_timeout_s = drain_timeout_s
+        self._drain = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._drain = self._drain or sig == signal.SIGTERM
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state: ServerState | None = getattr(self._app.state, "minestream", None)
+        if self._drain and state is not None:
+            for server in self.servers:
+                server.close()  # stop accepting first
+            await drain(state, self._drain_timeout_s)
+        await super().shutdown(sockets)
+
+
+async def drain(state: ServerState, timeout_s: float) -> None:
+    """Refuse new sessions and let open utterances finish, for at most ``timeout_s``."""
+    state.draining = True
+    deadline = time.monotonic() + timeout_s
+    log.info("draining: %d sessions with work in flight, up to %.0f s", sum(s.busy for s in state.sessions), timeout_s)
+    while (left := deadline - time.monotonic()) > 0:
+        running = [task for session in state.sessions for task in session.utterances.tasks]
+        if not running:
+            break
+        await asyncio.wait(running, timeout=left)
+
+
+def return_freed_memory() -> None:
+    """Keep glibc from holding on to freed audio buffers (its mmap threshold grows after each big free).
+
+    Without this, RSS stays at its peak after a burst of long utterances.
+    """
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    try:
+        libc = ctypes.CDLL(libc_name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 256 * 1024)
+        libc.mallopt(m_trim_threshold, 1024 * 1024)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def serve(settings: Settings, cert: str | None, key: str | None, log_level: str) -> None:
+    return_freed_memory()
+    app = create_app(settings)
+    limits = settings.limits
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+        # Frames up to twice the protocol limit reach the session and get a
+        # clear too_large error; beyond that the socket layer closes with 1009.
+        ws_max_size=2 * limits.max_message_bytes + 65536,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        http=first_request_deadline(limits.request_timeout_s),
+        log_config=None,
+        log_level=log_level,
+        lifespan="on",
+        proxy_headers=settings.behind_proxy,
+        forwarded_allow_ips="*" if settings.behind_proxy else None,
+        # After the drain, what is left (a browser's idle keep-alive) is not waited on.
+        timeout_graceful_shutdown=3,
+    )
+    # uvicorn re-raises the signal it stopped on once it has shut down; Ctrl-C is not an error.
+    with contextlib.suppress(KeyboardInterrupt):
+        DrainingServer(config, app, settings.drain_timeout_s).run()
