@@ -14,10 +14,10 @@
 ``client.sync.SyncClient`` is the same, blocking. Every wait has a limit
 (``Timeouts``); failures raise one hierarchy rooted at ``MineStreamError``
 (``client.errors``). The modules: ``connection`` (the session and its message
-router), ``speech`` (one utterance), ``upload`` (a recording sent in pieces),
-``library`` (``/v1/voices``), ``messages`` (the typed results), ``errors``,
-``timeouts``, ``tls``, ``wire`` (msgpack/JSON frames), ``wav``, ``sync``,
-``cli``.
+router), ``handshake`` (opening the socket), ``speech`` (one utterance),
+``upload`` (a recording sent in pieces), ``library`` (``/v1/voices``),
+``messages`` (the typed results), ``errors``, ``timeouts``, ``tls``, ``wire``
+(msgpack/JSON frames), ``wav``, ``sync``, ``cli``.
 """
 
 from __future__ import annotations

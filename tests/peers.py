@@ -14,10 +14,12 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from http import HTTPStatus
 from typing import Any
 
 import msgpack
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 READY = {
     "type": "ready", "protocol": 1, "session": "s_fake", "format": "pcm_s16le", "sample_rate": 24000,
@@ -62,9 +64,13 @@ Script = Callable[[ServerConnection], Awaitable[None]]
 
 
 @asynccontextmanager
-async def scripted_server(script: Script) -> AsyncIterator[str]:
-    """A ``ws://`` URL whose connections each run ``script``."""
-    async with serve(script, "127.0.0.1", 0) as server:
+async def scripted_server(script: Script, refuse_with: HTTPStatus | None = None) -> AsyncIterator[str]:
+    """A ``ws://`` URL whose connections each run ``script`` (or whose upgrades get ``refuse_with``)."""
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        return None if refuse_with is None else connection.respond(refuse_with, f"{refuse_with.phrase}\n")
+
+    async with serve(script, "127.0.0.1", 0, process_request=process_request) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         yield f"ws://127.0.0.1:{port}/v1/stream"
 

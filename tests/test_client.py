@@ -11,6 +11,7 @@ import io
 import ssl
 import threading
 import wave
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,31 @@ async def test_first_audio_times_out_and_cancels_the_utterance() -> None:
         await bounded(cancelled.wait())
     assert caught.value.stage == "first_audio"
     assert [m["type"] for m in received] == ["speak", "cancel"] and received[1]["id"] == speech.id
+
+
+async def test_idle_timeout_once_audio_has_started() -> None:
+    async def one_chunk_then_silence(ws: ServerConnection) -> None:
+        await receive(ws)
+        await send(ws, READY)
+        speak = await receive(ws)
+        await send(ws, {"type": "audio", "id": speak["id"], "seq": 0, "data": b"\x00\x01" * 480})
+        await ws.wait_closed()
+
+    async with scripted_server(one_chunk_then_silence) as url, Client.connect(url, timeouts=Timeouts(idle=0.5)) as client:
+        speech = await client.speak("Half an answer.", design="calm")
+        with pytest.raises(Timeout) as caught:
+            await bounded(speech.collect())
+    assert caught.value.stage == "idle" and len(speech.chunks) == 1
+
+
+async def test_an_upgrade_refused_with_401_is_unauthorized() -> None:
+    async def never(ws: ServerConnection) -> None:
+        raise AssertionError("the upgrade was refused")
+
+    async with scripted_server(never, refuse_with=HTTPStatus.UNAUTHORIZED) as url:
+        with pytest.raises(Unauthorized) as caught:
+            await bounded(Client.connect(url))
+    assert caught.value.status == 401
 
 
 async def test_overall_timeout_of_collect() -> None:
