@@ -188,6 +188,8 @@ def test_timeouts_against_a_server_that_never_answers(tmp_path: Path) -> None:
 
 
 def test_usage_errors(tmp_path: Path) -> None:
+    assert minestream("--insecure", "serve", "--port", "1", cwd=tmp_path).returncode == Exit.USAGE
+    assert minestream("voices", "--no-such-flag", cwd=tmp_path).returncode == Exit.USAGE
     assert minestream("say", "   ", cwd=tmp_path).returncode == Exit.USAGE
     assert minestream("--url", "https://x/", "voices", cwd=tmp_path).returncode == Exit.USAGE
     assert minestream("--connect-timeout", "-1", "voices", cwd=tmp_path).returncode == Exit.USAGE

@@ -65,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         return _delegate(argv[0], argv[1:])
     top = parser(_prog())
-    args = top.parse_args(argv)
+    args, unknown = top.parse_known_args(argv)
+    if args.command in DELEGATED:  # reached only with options before it, which are not its own
+        top.error(f"{args.command} takes its own options: minestream {args.command} [its options] (see minestream {args.command} --help)")
+    if unknown:
+        top.error(f"unrecognized arguments: {' '.join(unknown)}")
     options.check_url(top, args.url)
     try:
         if hasattr(args, "prepare"):
