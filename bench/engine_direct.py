@@ -21,7 +21,7 @@ from server.engines import create_engine
 from server.engines.base import Engine, Reference, Voice
 from server.errors import MineStreamError
 from server.reference import prepare_reference
-from server.speech import Utterance, speak
+from server.speech import Utterance, speak_audio
 
 from .transport import ChunkCallback, Outcome, Stream, VoiceSpec
 
@@ -46,7 +46,7 @@ class DirectStream:
         utterance.end()
         outcome = Outcome(sent)
         try:
-            async for chunk in speak(self.engine, utterance):
+            async for chunk in speak_audio(self.engine, utterance):
                 on_chunk(time.perf_counter(), chunk)
         except MineStreamError as exc:
             outcome.error = exc.code
@@ -81,7 +81,7 @@ class EngineDirectTransport:
         utterance = Utterance("clone-source", Voice(design=design))
         utterance.add_text(text)
         utterance.end()
-        pieces = [chunk async for chunk in speak(self.engine, utterance)]
+        pieces = [chunk async for chunk in speak_audio(self.engine, utterance)]
         audio = prepare_reference(np.concatenate(pieces))
         key = f"bench-{len(self.references)}"
         self.references[key] = Reference(audio, text=text, key=key)

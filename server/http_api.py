@@ -19,7 +19,7 @@ from .ingest import decode_bytes
 from .protocol import VoiceRef
 from .reference import prepare_reference
 from .speak_request import check_language, check_text, resolve_voice
-from .speech import Utterance, speak
+from .speech import Utterance, speak_audio
 from .state import ServerState
 from .tls import CA_CERT
 
@@ -172,7 +172,7 @@ async def speech(request: Request) -> Response:
     async def body() -> AsyncIterator[bytes]:
         if fmt == "wav":
             yield streaming_wav_header()
-        async for chunk in speak(state.engine, utterance):
+        async for chunk in speak_audio(state.engine, utterance, state.audio_budget):
             yield to_pcm_bytes(chunk, "pcm_s16le")
 
     media = "audio/wav" if fmt == "wav" else "audio/pcm"

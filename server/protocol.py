@@ -49,6 +49,8 @@ class Hello:
     token: str | None = None
     format: str = "pcm_s16le"
     sample_rate: int = 24000
+    segments: bool = False
+    """Send a ``segment`` message before each piece of text's audio (an addition to v1: opt-in)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,13 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Flush:
+    """Speak what is buffered now, sentence end or not; ``flushed`` follows its audio."""
+
+    id: str
+
+
+@dataclass(frozen=True)
 class VoiceBegin:
     ref: str
     name: str | None = None
@@ -109,7 +118,7 @@ class Ping:
     t: str | int | float | bool | None = None
 
 
-ClientMessage = Union[Hello, Speak, Text, End, Cancel, VoiceBegin, VoiceChunk, VoiceEnd, Ping]
+ClientMessage = Union[Hello, Speak, Text, End, Cancel, Flush, VoiceBegin, VoiceChunk, VoiceEnd, Ping]
 
 
 # --- field readers: each raises BadMessage naming the field ----------------
@@ -180,7 +189,7 @@ def _parse_hello(f: _Fields, text_frame: bool) -> Hello:
     rate = f.obj.get("sample_rate", 24000)
     if rate not in SAMPLE_RATES or isinstance(rate, bool):
         raise BadMessage(f"'sample_rate' must be one of {', '.join(map(str, SAMPLE_RATES))}")
-    return Hello(protocol, f.text("token", required=False, max_len=512), fmt, rate)
+    return Hello(protocol, f.text("token", required=False, max_len=512), fmt, rate, f.flag("segments", False))
 
 
 def _parse_voice(f: _Fields) -> VoiceRef:
@@ -225,6 +234,7 @@ _PARSERS: dict[str, Callable[[_Fields, bool], ClientMessage]] = {
     "text": lambda f, t: Text(f.ident("id"), f.text("text")),
     "end": lambda f, t: End(f.ident("id")),
     "cancel": lambda f, t: Cancel(f.ident("id")),
+    "flush": lambda f, t: Flush(f.ident("id")),
     "voice_begin": _parse_voice_begin,
     "voice_chunk": lambda f, t: VoiceChunk(f.ident("ref"), f.blob("data", text_frame=t)),
     "voice_end": lambda f, t: VoiceEnd(f.ident("ref")),
@@ -297,12 +307,35 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Flushed:
+    """The audio of all text an utterance had when ``flush`` came has been sent."""
+
+    id: str
+    type: ClassVar[str] = "flushed"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Which text the audio that follows speaks: ``text_start``/``text_end`` index the utterance's
+    text as given (``speak.text`` then each ``text``, in code points); ``audio_ms`` is where it
+    starts in the utterance's audio."""
+
+    id: str
+    index: int
+    text: str
+    text_start: int
+    text_end: int
+    audio_ms: int
+    type: ClassVar[str] = "segment"
+
+
+@dataclass(frozen=True)
 class Pong:
     t: str | int | float | bool | None = None
     type: ClassVar[str] = "pong"
 
 
-ServerMessage = Union[Ready, Audio, Done, Error, VoiceSaved, Progress, Pong]
+ServerMessage = Union[Ready, Audio, Done, Error, VoiceSaved, Progress, Flushed, Segment, Pong]
 
 _OPTIONAL = {"id", "ref"}  # left out of the wire form when None (error)
 
@@ -462,6 +495,14 @@ class ServerConnection:
 
     def send(self, message: Ready | VoiceSaved | Progress | Pong) -> None:
         self._put(message)
+
+    def send_about(self, message: Segment | Flushed) -> None:
+        """A message about an open utterance: dropped once its ``done`` has gone (done stays last);
+        ``segment`` only for a client whose ``hello`` asked for them."""
+        if isinstance(message, Segment) and not (self.hello is not None and self.hello.segments):
+            return
+        if message.id in self._seq:
+            self._put(message)
 
     def send_audio(self, utterance_id: str, data: bytes) -> None:
         """Audio for an open utterance; dropped once its ``done`` has gone."""

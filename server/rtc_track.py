@@ -55,6 +55,8 @@ class _Queued:
     ended: bool = False
     played: asyncio.Event = field(default_factory=asyncio.Event)
     room: asyncio.Event = field(default_factory=asyncio.Event)
+    taken: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever the track takes samples (or drops the utterance)."""
 
     def __post_init__(self) -> None:
         self.room.set()
@@ -71,6 +73,7 @@ class _Queued:
                 self.blocks[0] = block[wanted:]
                 wanted = 0
         self.samples -= n - wanted
+        self.taken.set()
         if self.samples < QUEUE_HIGH_WATER:
             self.room.set()
         if not parts:
@@ -113,6 +116,13 @@ class SpeechTrack(MediaStreamTrack):
         if queued is not None:
             await queued.room.wait()
 
+    async def played(self, uid: str) -> None:
+        """Wait until the utterance's audio queued so far has been sent (it may go on afterwards)."""
+        queued = self._queue.get(uid)
+        while queued is not None and queued.samples and self._queue.get(uid) is queued:
+            queued.taken.clear()
+            await queued.taken.wait()
+
     async def finish(self, uid: str) -> None:
         """Mark the utterance complete and wait until its last sample has been sent."""
         queued = self._queue.get(uid)
@@ -128,6 +138,7 @@ class SpeechTrack(MediaStreamTrack):
         if queued is not None:
             queued.played.set()
             queued.room.set()
+            queued.taken.set()
 
     def clear(self) -> None:
         for uid in list(self._queue):
@@ -234,6 +245,9 @@ class TrackSink:
         if len(pcm):
             self._track.push(utterance_id, to_int16(resampler.process(pcm)))
         await self._track.room(utterance_id)
+
+    async def drain(self, utterance_id: str) -> None:
+        await self._track.played(utterance_id)
 
     async def end(self, utterance_id: str) -> None:
         resampler = self._resamplers.pop(utterance_id, None)

@@ -24,6 +24,7 @@ from .protocol import (
     Cancel,
     ClientMessage,
     End,
+    Flush,
     Frame,
     Hello,
     Ping,
@@ -127,6 +128,8 @@ class Session:
                 self.utterances.text(message)
             case End():
                 self.utterances.end(message)
+            case Flush():
+                self.utterances.flush(message)
             case Cancel():
                 await self.utterances.cancel(message)
             case VoiceBegin():

@@ -21,6 +21,10 @@ class AudioSink(Protocol):
 
     async def write(self, utterance_id: str, pcm: np.ndarray) -> None: ...
 
+    async def drain(self, utterance_id: str) -> None:
+        """Return once the audio written so far is on its way to the client (for ``flushed``)."""
+        ...
+
     async def end(self, utterance_id: str) -> None: ...
 
     def discard(self, utterance_id: str) -> None: ...
@@ -46,6 +50,9 @@ class MessageSink:
         resampler = self._resamplers.get(utterance_id)
         if resampler is not None:
             await self._send(utterance_id, resampler.process(pcm))
+
+    async def drain(self, utterance_id: str) -> None:
+        """Queued in order on the connection: audio written is ahead of whatever is sent next."""
 
     async def end(self, utterance_id: str) -> None:
         resampler = self._resamplers.pop(utterance_id, None)

@@ -15,17 +15,20 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Union
 
 import numpy as np
 
 from . import metrics
 from .audio import SAMPLE_RATE
-from .engines.base import Engine, EngineInfo, SynthesisRequest, Voice
-from .text import Segmenter, pieces
+from .engines.base import Engine, SynthesisRequest, Voice
+from .errors import LimitExceeded
+from .text import Segmenter, piece_spans
 
 # A listener's buffered audio is due before it runs out; the next sentence is
 # asked for this long before that moment (the scheduler's deadline).
 _SEGMENT_MARGIN_S = 1.0
+FLUSH = object()
 
 
 @dataclass
@@ -36,7 +39,8 @@ class Utterance:
     started: float = field(default_factory=time.monotonic)
     owner: str | None = None
     """The session it belongs to: engines give each owner a fair turn."""
-    text: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    text: asyncio.Queue[str | object | None] = field(default_factory=asyncio.Queue)
+    """Text as it comes; ``FLUSH`` where the client asked for what it has to be spoken now; None at the end."""
     chars: int = 0
     ended: bool = False
     first_audio: float | None = None
@@ -51,6 +55,13 @@ class Utterance:
         if not self.ended:
             self.ended = True
             self.text.put_nowait(None)
+
+    def flush(self) -> bool:
+        """Speak what has been given so far now. False once ended: the end flushes everything anyway."""
+        if self.ended:
+            return False
+        self.text.put_nowait(FLUSH)
+        return True
 
     @property
     def ttfa_ms(self) -> float | None:
@@ -76,39 +87,74 @@ class Utterance:
         return self.first_audio + self.audio_samples / SAMPLE_RATE - _SEGMENT_MARGIN_S
 
 
-async def speak(engine: Engine, utterance: Utterance) -> AsyncIterator[np.ndarray]:
-    """The utterance's audio, 24 kHz float32 chunks, as the engine makes it."""
+@dataclass(frozen=True)
+class SegmentBegins:
+    """The audio that follows speaks ``text``, which lies at [start, end) of the utterance's text."""
+
+    index: int
+    text: str
+    start: int
+    end: int
+    audio_ms: int
+
+
+@dataclass(frozen=True)
+class FlushReached:
+    """All audio of the text given before a ``flush`` has been yielded."""
+
+
+SpeechEvent = Union[np.ndarray, SegmentBegins, FlushReached]
+
+
+@dataclass(frozen=True)
+class AudioBudget:
+    """How much audio text may become: engines expand numbers and symbols, and a runaway model does not stop."""
+
+    per_char_s: float = 1.0
+    floor_s: float = 3.0
+    utterance_s: float = 900.0
+
+    def for_segment(self, text: str) -> int:
+        return int((self.floor_s + self.per_char_s * len(text)) * SAMPLE_RATE)
+
+
+async def speak(engine: Engine, utterance: Utterance, budget: AudioBudget | None = None) -> AsyncIterator[SpeechEvent]:
+    """The utterance as it is spoken: 24 kHz float32 chunks, with a ``SegmentBegins`` before each
+    piece of text's audio and a ``FlushReached`` where the client flushed."""
+    budget = budget or AudioBudget()
     sentences = Segmenter(utterance.language)
     lead_in = LeadInTrim()
-    voice, first = utterance.voice, True
+    voice, index = utterance.voice, 0
     while True:
-        piece = await utterance.text.get()
-        for sentence in sentences.push(piece) if piece is not None else sentences.flush():
-            for segment in engine_pieces(sentence, engine.info, utterance.language, first=first):
-                request = SynthesisRequest(segment, voice, utterance.language, utterance.deadline(), first, utterance.owner)
+        item = await utterance.text.get()
+        released = sentences.push(item) if isinstance(item, str) else sentences.flush()
+        for sentence in released:
+            for start, end in piece_spans(sentence, engine.info.segment_chars, utterance.language, head=index == 0 and not engine.info.incremental):
+                text = sentence[start:end]
+                yield SegmentBegins(index, text, sentence.start + start, sentence.start + end, utterance.audio_ms)
+                request = SynthesisRequest(text, voice, utterance.language, utterance.deadline(), index == 0, utterance.owner)
                 kept: list[np.ndarray] = []
-                async for raw in _segment(engine, utterance, request):
-                    if first:
+                async for raw in _segment(engine, utterance, request, budget):
+                    if index == 0:
                         kept.append(raw)
                     chunk = lead_in.trim(raw)
                     if len(chunk):
                         utterance.count(chunk)
                         yield chunk
-                if first and kept:
-                    voice = engine.continuation(voice, segment, np.concatenate(kept))
-                first = False
-        if piece is None:
+                if index == 0 and kept:
+                    voice = engine.continuation(voice, text, np.concatenate(kept))
+                index += 1
+        if item is FLUSH:
+            yield FlushReached()
+        if item is None:
             return
 
 
-def engine_pieces(sentence: str, info: EngineInfo, language: str, *, first: bool) -> list[str]:
-    """``sentence`` as the engine's requests: at most ``info.segment_chars`` each.
-
-    An engine whose audio comes only once a request is rendered whole
-    (``incremental`` False) gets a long first sentence's first clause alone,
-    so the listener hears it while the rest is made.
-    """
-    return pieces(sentence, info.segment_chars, language, head=first and not info.incremental)
+async def speak_audio(engine: Engine, utterance: Utterance, budget: AudioBudget | None = None) -> AsyncIterator[np.ndarray]:
+    """Only the audio of ``speak``: for the paths that have no use for the timing."""
+    async for event in speak(engine, utterance, budget):
+        if isinstance(event, np.ndarray):
+            yield event
 
 
 class LeadInTrim:
@@ -137,13 +183,22 @@ class LeadInTrim:
         return pcm[cut:]
 
 
-async def _segment(engine: Engine, utterance: Utterance, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
+async def _segment(engine: Engine, utterance: Utterance, request: SynthesisRequest, budget: AudioBudget) -> AsyncIterator[np.ndarray]:
     began = time.monotonic()
+    allowed = budget.for_segment(request.text)
+    made = 0
     stream = engine.synthesize(request)
     try:
         async for chunk in stream:
             # Time spent in the consumer (sending) is not generation time.
             utterance.generation_s += time.monotonic() - began
+            made += len(chunk)
+            if made > allowed:
+                raise LimitExceeded(
+                    f"{request.text[:40]!r} became more than {allowed / SAMPLE_RATE:.0f} s of audio; the engine cannot say it sensibly"
+                )
+            if utterance.audio_samples + len(chunk) > budget.utterance_s * SAMPLE_RATE:
+                raise LimitExceeded(f"the utterance reached its limit of {budget.utterance_s:.0f} s of audio")
             yield chunk
             began = time.monotonic()
     finally:

@@ -12,6 +12,7 @@ from .errors import TooManySessions, Unavailable
 from .outbox import Outbox
 from .session import Session
 from .sinks import AudioSink, MessageSink
+from .speech import AudioBudget
 from .uploads import Recorder
 from .voices import VoiceLibrary
 
@@ -29,6 +30,11 @@ class ServerState:
     """Connections that have not said hello yet: they count towards ``max_pending``."""
     draining: bool = False
     """Shutting down: no new sessions or utterances; those in flight finish."""
+
+    @property
+    def audio_budget(self) -> AudioBudget:
+        limits = self.settings.limits
+        return AudioBudget(per_char_s=limits.max_audio_s_per_char, utterance_s=limits.max_utterance_audio_s)
 
     def check_token(self, token: str | None) -> bool:
         if self.token is None:

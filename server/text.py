@@ -33,7 +33,7 @@ import re
 from . import sentence_rules as rules
 from .sentence_rules import language_code, sentence_spans
 
-__all__ = ["LANGUAGES", "Segmenter", "SentenceBuffer", "language_code", "pieces", "sentences", "split_sentences", "wrap"]
+__all__ = ["LANGUAGES", "Piece", "Segmenter", "SentenceBuffer", "language_code", "piece_spans", "pieces", "sentences", "split_sentences", "wrap"]
 
 LANGUAGES = rules.LANGUAGES
 DEFAULT_MAX_CHARS = 400
@@ -66,6 +66,11 @@ def pieces(text: str, max_chars: int = DEFAULT_MAX_CHARS, language: str = "auto"
     With ``head``, a long first sentence's first clause (once it is a phrase)
     is a piece of its own: it can be heard while the rest is made.
     """
+    return [text[start:end] for start, end in piece_spans(text, max_chars, language, head=head)]
+
+
+def piece_spans(text: str, max_chars: int = DEFAULT_MAX_CHARS, language: str = "auto", *, head: bool = False) -> list[tuple[int, int]]:
+    """Where the ``pieces`` of ``text`` lie in it: (start, end) offsets."""
     spans = sentence_spans(text, language_code(language))
     if not spans:
         return []
@@ -78,7 +83,7 @@ def pieces(text: str, max_chars: int = DEFAULT_MAX_CHARS, language: str = "auto"
             first = [_trim(text, start, start + cut)]
             spans[0] = (start + cut, end)
     wrapped = [piece for start, end in spans for piece in _wrap(text, start, end, max_chars)]
-    return [text[start:end] for start, end in first + _pack(wrapped, max_chars)]
+    return first + _pack(wrapped, max_chars)
 
 
 def wrap(text: str, max_chars: int) -> list[str]:
@@ -86,11 +91,29 @@ def wrap(text: str, max_chars: int) -> list[str]:
     return [text[start:end] for start, end in _wrap(text, 0, len(text), max_chars)]
 
 
+class Piece(str):
+    """A piece of an utterance's text that knows where it lies in all the text given so far."""
+
+    start: int
+    end: int
+
+    def __new__(cls, text: str, start: int) -> Piece:
+        piece = super().__new__(cls, text)
+        piece.start, piece.end = start, start + len(text)
+        return piece
+
+
+_Cut = tuple[list[tuple[int, int]], int]
+"""Spans of the pending text to release, and how much of it they use up."""
+
+
 class Segmenter:
     """Cuts one utterance's text as it streams in, for example token by token from an LLM.
 
     ``push`` returns the pieces that are ready to be spoken, ``flush`` the rest
-    once the text has ended; every piece is at most ``max_chars`` long.
+    (at the end of the text, or when the client asks for what it has sent so
+    far to be spoken now); every piece is at most ``max_chars`` long and is a
+    ``Piece``, which knows its offsets in the text given so far.
 
     A sentence is ready once it is settled: its end mark is followed by a space
     (a CJK full stop needs none), and no text yet to come can undo it. "Hello. "
@@ -115,23 +138,33 @@ class Segmenter:
         self.max_chars = max_chars
         self.early_first_clause = early_first_clause
         self._pending = ""
+        self._offset = 0  # where _pending starts in all the text pushed
         self._started = False
 
-    def push(self, text: str) -> list[str]:
+    def push(self, text: str) -> list[Piece]:
         self._pending += text
-        released = self._settled_sentences()
+        released = self._take(self._settled_sentences())
         if not released and not self._started and self.early_first_clause:
-            released = self._first_clause()
-        released += self._runaway()
+            released = self._take(self._first_clause())
+        released += self._take(self._runaway())
         self._started = self._started or bool(released)
         return released
 
-    def flush(self) -> list[str]:
-        text, self._pending = self._pending, ""
-        self._started = self._started or bool(text.strip())
-        return split_sentences(text, self.max_chars, self.language)
+    def flush(self) -> list[Piece]:
+        text = self._pending
+        spans = [piece for start, end in sentence_spans(text, self.language) for piece in _wrap(text, start, end, self.max_chars)]
+        released = self._take((spans, len(text)))
+        self._started = self._started or bool(released)
+        return released
 
-    def _settled_sentences(self) -> list[str]:
+    def _take(self, cut: _Cut) -> list[Piece]:
+        spans, used = cut
+        released = [Piece(self._pending[start:end], self._offset + start) for start, end in spans]
+        self._pending = self._pending[used:]
+        self._offset += used
+        return released
+
+    def _settled_sentences(self) -> _Cut:
         text = self._pending
         ends = [end for _, end in sentence_spans(text, self.language)]
         done = 0
@@ -139,9 +172,8 @@ class Segmenter:
             if not self._settled(text, end):
                 break
             done = end
-        released = [text[s:e] for start, end in itertools.pairwise([0, *ends]) if end <= done for s, e in _wrap(text, start, end, self.max_chars)]
-        self._pending = text[done:]
-        return released
+        spans = [span for start, end in itertools.pairwise([0, *ends]) if end <= done for span in _wrap(text, start, end, self.max_chars)]
+        return spans, done
 
     def _settled(self, text: str, end: int) -> bool:
         """Whether the sentence ending at ``end`` stays one, whatever text is still to come."""
@@ -149,20 +181,18 @@ class Segmenter:
             return True  # the boundary was decided with the next word in view
         return rules.ends_sentence(text[:end], self.language)
 
-    def _first_clause(self) -> list[str]:
+    def _first_clause(self) -> _Cut:
         cut = _head_cut(self._pending)
         if cut is None:
-            return []
-        head, self._pending = self._pending[:cut], self._pending[cut:]
-        return wrap(head, self.max_chars)
+            return [], 0
+        return _wrap(self._pending, 0, cut, self.max_chars), cut
 
-    def _runaway(self) -> list[str]:
+    def _runaway(self) -> _Cut:
         text = self._pending
         if len(text.strip()) <= self.max_chars:
-            return []
+            return [], 0
         spans = _wrap(text, 0, len(text), self.max_chars)
-        self._pending = text[spans[-1][0] :]  # the tail may still grow: it waits
-        return [text[start:end] for start, end in spans[:-1]]
+        return spans[:-1], spans[-1][0]  # the tail may still grow: it waits
 
 
 class SentenceBuffer(Segmenter):

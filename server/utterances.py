@@ -1,4 +1,4 @@
-"""One session's open utterances: ``speak``, ``text``, ``end``, ``cancel``.
+"""One session's open utterances: ``speak``, ``text``, ``end``, ``flush``, ``cancel``.
 
 Each utterance runs as its own task: text goes through the speech layer to
 the engine, audio comes back into the session's sink. However it ends
@@ -18,10 +18,10 @@ from . import metrics
 from .config import Limits
 from .engines.base import Engine
 from .errors import BadMessage, EngineError, LimitExceeded, MineStreamError, NothingToSay, UnknownId
-from .protocol import Cancel, End, ServerConnection, Speak, Text
+from .protocol import Cancel, End, Flush, Flushed, Segment, ServerConnection, Speak, Text
 from .sinks import AudioSink
 from .speak_request import check_language, check_text, resolve_voice
-from .speech import Utterance, speak
+from .speech import AudioBudget, FlushReached, SegmentBegins, SpeechEvent, Utterance, speak
 from .voices import VoiceLibrary
 
 log = logging.getLogger("minestream.session")
@@ -31,6 +31,7 @@ log = logging.getLogger("minestream.session")
 class _Running:
     utterance: Utterance
     task: asyncio.Task[None]
+    flushes_at_end: int = 0
 
 
 class Utterances:
@@ -41,6 +42,7 @@ class Utterances:
         self._engine = engine
         self._library = library
         self._limits = limits
+        self._budget = AudioBudget(per_char_s=limits.max_audio_s_per_char, utterance_s=limits.max_utterance_audio_s)
         self._sink = sink
         self._owner = owner
         self._open: dict[str, _Running] = {}
@@ -83,6 +85,11 @@ class Utterances:
     def end(self, message: End) -> None:
         self._find(message.id).utterance.end()
 
+    def flush(self, message: Flush) -> None:
+        running = self._find(message.id)
+        if not running.utterance.flush():
+            running.flushes_at_end += 1  # ended: all its text is being spoken; answer just before done
+
     async def cancel(self, message: Cancel) -> None:
         await self._stop(self._find(message.id))
 
@@ -106,8 +113,8 @@ class Utterances:
         failure: MineStreamError | None = None
         spoken = False
         try:
-            async for chunk in speak(self._engine, utterance):
-                await self._sink.write(utterance.id, chunk)
+            async for event in speak(self._engine, utterance, self._budget):
+                await self._deliver(utterance, event)
             if utterance.audio_samples == 0:
                 raise NothingToSay("the engine produced no audio: is there anything speakable in the text?")
             await self._sink.end(utterance.id)
@@ -118,13 +125,33 @@ class Utterances:
             log.exception("utterance %s failed", utterance.id)
             failure = EngineError("synthesis failed")
         finally:
-            self._open.pop(utterance.id, None)
+            running = self._open.pop(utterance.id, None)
             if not spoken:
                 self._sink.discard(utterance.id)
             if failure is not None:
                 self._connection.send_error(failure, id=utterance.id)
             if spoken and utterance.rtf is not None:
                 metrics.RTF.observe(utterance.rtf)
+            for _ in range(running.flushes_at_end if running and spoken else 0):
+                self._connection.send_about(Flushed(utterance.id))
             self._connection.send_done(
                 utterance.id, cancelled=not spoken, audio_ms=utterance.audio_ms, ttfa_ms=utterance.ttfa_ms, rtf=utterance.rtf
             )
+            self._log(utterance, "spoken" if spoken else failure.code if failure else "cancelled")
+
+    async def _deliver(self, utterance: Utterance, event: SpeechEvent) -> None:
+        match event:
+            case SegmentBegins():
+                self._connection.send_about(Segment(utterance.id, event.index, event.text, event.start, event.end, event.audio_ms))
+            case FlushReached():
+                await self._sink.drain(utterance.id)
+                self._connection.send_about(Flushed(utterance.id))
+            case _:
+                await self._sink.write(utterance.id, event)
+
+    def _log(self, utterance: Utterance, outcome: str) -> None:
+        voice = "clone" if utterance.voice.reference is not None else "design"
+        log.info(
+            "utterance %s %s: engine=%s voice=%s chars=%d audio_ms=%d ttfa_ms=%s rtf=%s",
+            utterance.id[:32], outcome, self._engine.info.name, voice, utterance.chars, utterance.audio_ms, utterance.ttfa_ms, utterance.rtf,
+        )  # fmt: skip

@@ -248,3 +248,26 @@ def test_a_client_that_never_says_hello_is_dropped_after_a_few_answers() -> None
     with pytest.raises(Overloaded) as caught:
         connection.receive("junk")
     assert caught.value.fatal and caught.value.code == "limit"
+
+
+def test_segments_go_only_to_clients_that_asked_and_nothing_follows_done() -> None:
+    from server.protocol import Flushed, Segment
+
+    plain, timed = connected(), ServerConnection(1 << 20)
+    timed.receive(hello(segments=True))
+    for connection in (plain, timed):
+        connection.open("a")
+        connection.send_about(Segment("a", 0, "Hi.", 0, 3, 0))
+        connection.send_about(Flushed("a"))
+        connection.send_done("a", cancelled=False)
+        connection.send_about(Flushed("a"))
+    assert [m["type"] for m in sent(plain)] == ["flushed", "done"]
+    assert [m["type"] for m in sent(timed)] == ["segment", "flushed", "done"]
+
+
+def test_flush_is_a_client_message() -> None:
+    from server.protocol import Flush
+
+    assert connected().receive(json.dumps({"type": "flush", "id": "a"})) == Flush("a")
+    with pytest.raises(BadMessage, match="true or false"):
+        ServerConnection(1 << 20).receive(hello(segments="yes"))

@@ -446,3 +446,67 @@ async def test_upload_limits_and_duplicates(engine: MockEngine, library: VoiceLi
         await client.send("voice_begin", ref="a")
         await client.send("voice_begin", ref="b")
         assert kinds([await client.next(), await client.next()]) == ["error:duplicate_id", "error:limit"]
+
+
+# --- flush and segment timing (additions to v1) ---------------------------------------------
+
+
+async def segmented(engine: MockEngine, library: VoiceLibrary) -> Client:
+    session = Session(engine=engine, library=library, limits=Limits())
+    client = Client(session)
+    await client.send("hello", protocol=1, segments=True)
+    assert (await client.next())["type"] == "ready"
+    return client
+
+
+async def test_segments_say_which_text_each_audio_speaks_and_where_it_starts(engine: MockEngine, library: VoiceLibrary) -> None:
+    client = await segmented(engine, library)
+    text = "First sentence. Second one here."
+    messages = await client.speak("t", text)
+    segments = [m for m in messages if m["type"] == "segment"]
+    assert [(m["index"], m["text"]) for m in segments] == [(0, "First sentence."), (1, "Second one here.")]
+    assert all(text[m["text_start"] : m["text_end"]] == m["text"] for m in segments)
+    # The second starts where the first's audio ends: the mock makes MS_PER_CHAR per character.
+    assert [m["audio_ms"] for m in segments] == [0, len("First sentence.") * MS_PER_CHAR]
+    first_audio = next(i for i, m in enumerate(messages) if m["type"] == "audio")
+    assert messages.index(segments[0]) < first_audio
+    await client.session.close()
+
+
+async def test_segments_are_only_for_clients_that_ask(client: Client) -> None:
+    assert "segment" not in kinds(await client.speak("t", "One. Two."))
+
+
+async def test_streamed_offsets_index_all_the_text_given(engine: MockEngine, library: VoiceLibrary) -> None:
+    client = await segmented(engine, library)
+    parts = ["Hello ", "there. ", "How are ", "you today?"]
+    await client.send("speak", id="s", text=parts[0], voice={"design": "calm"}, final=False)
+    for part in parts[1:]:
+        await client.send("text", id="s", text=part)
+    await client.send("end", id="s")
+    segments = [m for m in await client.until("done", id="s") if m["type"] == "segment"]
+    given = "".join(parts)
+    assert [given[m["text_start"] : m["text_end"]] for m in segments] == ["Hello there.", "How are you today?"]
+    await client.session.close()
+
+
+async def test_flush_speaks_what_is_buffered_and_answers_after_its_audio(client: Client, engine: MockEngine) -> None:
+    await client.send("speak", id="f", text="", voice={"design": "calm"}, final=False)
+    await client.send("text", id="f", text="no sentence end yet")
+    await client.send("flush", id="f")
+    before = await client.until("flushed", id="f")
+    assert kinds(before) == ["audio"] * (len(before) - 1) + ["flushed"]
+    assert engine.requests[-1].text == "no sentence end yet"
+    await client.send("text", id="f", text=" and more.")
+    await client.send("end", id="f")
+    after = await client.until("done", id="f")
+    assert kinds(after)[-1] == "done" and "audio" in kinds(after) and engine.requests[-1].text == "and more."
+
+
+async def test_flush_after_end_is_answered_before_done(client: Client) -> None:
+    await client.send("speak", id="e", text="All of it.", voice={"design": "calm"})
+    await client.send("flush", id="e")
+    messages = await client.until("done", id="e")
+    assert kinds(messages)[-2:] == ["flushed", "done"]
+    await client.send("flush", id="e")
+    assert kinds([await client.next()]) == ["error:unknown_id"]

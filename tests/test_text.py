@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.text import LANGUAGES, Segmenter, SentenceBuffer, language_code, pieces, sentences, split_sentences, wrap
+from server.text import LANGUAGES, Piece, Segmenter, SentenceBuffer, language_code, pieces, sentences, split_sentences, wrap
 
 # (language, text, its sentences). Each case is also streamed character by
 # character and token by token, and must come out the same.
@@ -277,3 +277,15 @@ def test_streamed_text_loses_nothing_and_respects_the_maximum(text: str, max_cha
     released = _streamed(Segmenter(language, max_chars), chunks)
     assert _unspaced("".join(released)) == _unspaced(text)
     assert all(0 < len(p) <= max_chars and p == p.strip() for p in released)
+    # Every piece knows where it lies in all the text given, so a client can align what it hears.
+    assert all(isinstance(p, Piece) and text[p.start : p.end] == p for p in released)
+    assert [p.start for p in released] == sorted(p.start for p in released)
+
+
+def test_a_flush_mid_stream_releases_what_is_buffered_and_offsets_go_on() -> None:
+    segmenter = Segmenter("en")
+    assert segmenter.push("Let me think") == []
+    flushed = segmenter.flush()
+    assert flushed == ["Let me think"] and (flushed[0].start, flushed[0].end) == (0, 12)
+    later = segmenter.push(" about it. And") + segmenter.flush()
+    assert later == ["about it.", "And"] and [(p.start, p.end) for p in later] == [(13, 22), (23, 26)]
