@@ -91,7 +91,11 @@ class Client:
         hello: dict[str, Any] = {"type": "hello", "protocol": 1, "format": format, "sample_rate": sample_rate}
         if token is not None:
             hello["token"] = token
-        headers = {"Origin": origin} if origin else None
+        headers = {"Origin": origin} if origin else {}
+        if token is not None:
+            # At the upgrade too: an authenticated socket never waits in the server's small budget
+            # for connections that have not said who they are.
+            headers["Authorization"] = f"Bearer {token}"
         return Connecting(cls._open(url, context, hello, headers, encoding == "msgpack", timeouts or Timeouts()))
 
     @classmethod

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -16,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 
 from . import http_api, metrics
 from .auth import load_or_create_token
+from .bodies import BodyLimit
 from .config import Settings
 from .engines import create_engine
 from .engines.base import Engine
@@ -60,12 +63,24 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/v1/voices/{voice_id}/audio", http_api.voice_audio, methods=["GET"]),
         Route("/v1/audio/speech", http_api.speech, methods=["POST"]),
         Route("/healthz", http_api.healthz),
+        Route("/livez", http_api.livez),
+        Route("/readyz", http_api.readyz),
         Route("/ca.pem", http_api.ca_certificate),
         Route("/metrics", http_api.metrics_endpoint),
         *_extra_routes(),
         Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={MineStreamError: on_error})
+    middleware = [
+        Middleware(BodyLimit, limits={"/v1/voices": http_api.MAX_UPLOAD_BYTES, "/v1/rtc/offer": 64 << 10}),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Sample-Rate"],
+        ),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={MineStreamError: on_error})
 
 
 async def _open(stack: contextlib.AsyncExitStack, settings: Settings, engine: Engine | None) -> ServerState:

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
 
-from .errors import Unauthorized
+from .errors import Forbidden, Unauthorized
 from .state import ServerState
 
 
@@ -34,8 +34,19 @@ def connection_token(conn: HTTPConnection) -> str | None:
     return conn.query_params.get("token")
 
 
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
 def require_token(conn: HTTPConnection) -> None:
+    """The caller may use the API: the token when one is required, and for anything that changes
+    or costs (every method but GET), a browser page of this server's own origin (or an allowed one).
+
+    Without the Origin check any web page could save voices or run speech on a
+    token-less loopback server through the visitor's browser.
+    """
     state: ServerState = conn.app.state.minestream
+    if conn.scope.get("method", "GET") not in _SAFE_METHODS and not origin_allowed(conn, state.settings.allowed_origins):
+        raise Forbidden("a page from another origin may not use this server: add it with --allow-origin")
     if state.settings.token_required and not state.check_token(connection_token(conn)):
         raise Unauthorized("a valid token is required: ?token=... or Authorization: Bearer ...")
 

@@ -46,13 +46,18 @@ def _state(request: Request) -> ServerState:
 
 
 def error_response(exc: MineStreamError) -> JSONResponse:
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status)
+    # A body refused mid-stream is still coming: close the connection rather than read the rest.
+    headers = {"Connection": "close"} if isinstance(exc, TooLarge) else None
+    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status, headers=headers)
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
+    """The JSON object in the body (its size is bounded while it streams: ``server.bodies``)."""
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        # A form or text/plain body is what a foreign page can send without asking: never JSON here.
+        raise BadMessage("send the body as JSON with Content-Type: application/json")
     body = await request.body()
-    if len(body) > 1 << 20:
-        raise TooLarge("request body is larger than 1 MiB")
     try:
         data = json.loads(body or b"{}")
     except ValueError:
@@ -125,8 +130,6 @@ async def create_voice(request: Request) -> Response:
 
 
 async def _create_clone(request: Request, state: ServerState) -> Any:
-    if int(request.headers.get("content-length") or 0) > MAX_UPLOAD_BYTES:
-        raise TooLarge(f"uploads are limited to {MAX_UPLOAD_BYTES >> 20} MiB")
     async with request.form(max_files=1, max_fields=8, max_part_size=MAX_UPLOAD_BYTES) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -160,7 +163,7 @@ async def speech(request: Request) -> Response:
         raise BadMessage("'input' (the text to speak) is required")
     check_text(text, state.settings.limits)
     language = str(data.get("language") or "auto")
-    check_language(state.engine, language)
+    check_language(state.engine, language, text)
     if fmt not in ("wav", "pcm"):
         raise BadMessage("'response_format' must be 'wav' or 'pcm' (16-bit mono 24 kHz)")
     ref = await _speech_voice(state, data.get("voice"), data.get("instructions"))
@@ -207,6 +210,19 @@ async def healthz(request: Request) -> Response:
             "pending": len(state.pending),
         }
     )
+
+
+async def livez(request: Request) -> Response:
+    """The process answers: for an orchestrator's liveness probe."""
+    return JSONResponse({"status": "alive"})
+
+
+async def readyz(request: Request) -> Response:
+    """Whether to send this server new work: 503 while the engine is not ready or the server drains."""
+    state = _state(request)
+    engine_state = state.engine.health().get("state", "ready")
+    status = "draining" if state.draining else engine_state
+    return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
 
 
 async def ca_certificate(request: Request) -> Response:

@@ -21,16 +21,26 @@ class Outbox:
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self._empty = asyncio.Event()
+        self._empty.set()
         self._closed = False
 
     def changed(self) -> None:
         """Called after every change to the connection's queue."""
+        if self.connection.queued_bytes:
+            self._empty.clear()
+        else:
+            self._empty.set()
         if self.connection.queued_bytes or self.connection.failure is not None or self._closed:
             self._readable.set()
         if self.connection.audio_room or self._closed or self.connection.failure is not None:
             self._room.set()
         else:
             self._room.clear()
+
+    async def sent(self) -> None:
+        """Wait until everything queued so far has been handed to the transport."""
+        await self._empty.wait()
 
     async def room(self) -> None:
         """Wait until audio may be queued (or the outbox is closed)."""

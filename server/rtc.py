@@ -43,7 +43,7 @@ from starlette.routing import Route
 
 from .auth import connection_token, origin_allowed
 from .config import Settings
-from .errors import BadMessage, Forbidden, MineStreamError, TooLarge, TooManySessions, Unauthorized
+from .errors import BadMessage, Forbidden, MineStreamError, TooLarge, Unauthorized
 from .protocol import Frame
 from .rtc_track import Microphone, SpeechTrack, TrackSink
 from .state import ServerState
@@ -73,8 +73,6 @@ async def offer_endpoint(request: Request) -> Response:
     token = body.get("token") if isinstance(body.get("token"), str) else connection_token(request)
     if state.settings.token_required and not state.check_token(token):
         raise Unauthorized("a valid token is required: pass it as 'token' in the offer, ?token= or a Bearer header")
-    if len(state.sessions) >= state.settings.limits.max_sessions:
-        raise TooManySessions(f"the server is at its limit of {state.settings.limits.max_sessions} sessions")
     sdp = _checked_offer(body, state.settings)
     peer = RtcPeer(state, request.app.state.rtc_peers)
     answer = await peer.answer(sdp)

@@ -2,13 +2,15 @@
 
 * A TLS connection that never sends a request is closed after
   ``request_timeout_s`` (uvicorn only times out connections that have had a
-  request), so idle sockets cannot pile up.
+  request), so idle sockets cannot pile up; a request whose body is refused
+  mid-stream is cut off, not read to its end (``http_protocol``).
 * WebSocket pings find peers that vanished without a close.
 * Every log line goes through one handler and one format, with any token
   redacted (``?token=`` is in access lines and WebSocket upgrades).
-* On SIGTERM the server drains: it stops accepting, ``/readyz`` turns 503,
-  utterances in flight may finish until ``drain_timeout_s``, then every
-  WebSocket is closed with 1012 (service restart: clients may reconnect).
+* On SIGTERM the server drains: ``/readyz`` turns 503 and new sessions are
+  refused (close 1012), utterances in flight may finish until
+  ``drain_timeout_s``, then it stops listening and closes every WebSocket
+  with 1012 (service restart: clients may reconnect).
   SIGINT (Ctrl-C) stops at once, as a developer expects.
 """
 
@@ -62,17 +64,31 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
 
 
-def first_request_deadline(seconds: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol, closing a connection that sends no request within ``seconds``."""
+def http_protocol(first_request_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with two more rules for hostile clients.
+
+    * A connection that sends no request within ``first_request_s`` is closed.
+    * A response that ends while its request's body is still coming (a body
+      refused mid-stream, ``server.bodies``) drops the connection at once: a
+      TLS close waits for the peer's close_notify and keeps reading meanwhile,
+      which would let a client push its whole gigabyte anyway.
+    """
     base: Any = AutoHTTPProtocol
 
-    class FirstRequestDeadline(base):  # type: ignore[misc]
+    class GuardedHTTP(base):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             # uvicorn's keep-alive timer does exactly this between requests, and the first data cancels it.
-            self.timeout_keep_alive_task = self.loop.call_later(seconds, self.timeout_keep_alive_handler)
+            self.timeout_keep_alive_task = self.loop.call_later(first_request_s, self.timeout_keep_alive_handler)
 
-    return FirstRequestDeadline
+        def on_response_complete(self) -> None:
+            cycle = getattr(self, "cycle", None)
+            if cycle is not None and cycle.more_body and not getattr(cycle, "keep_alive", False):
+                # The response has been written; on the next turn of the loop drop the rest unread.
+                self.loop.call_soon(self.transport.abort)
+            super().on_response_complete()
+
+    return GuardedHTTP
 
 
 class DrainingServer(uvicorn.Server):
@@ -89,8 +105,8 @@ class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         state: ServerState | None = getattr(self._app.state, "minestream", None)
         if self._drain and state is not None:
-            for server in self.servers:
-                server.close()  # stop accepting first
+            # Still listening: /readyz answers 503 and new sessions are refused with 1012,
+            # so load balancers see the server leave before its sockets do.
             await drain(state, self._drain_timeout_s)
         await super().shutdown(sockets)
 
@@ -105,6 +121,12 @@ async def drain(state: ServerState, timeout_s: float) -> None:
         if not running:
             break
         await asyncio.wait(running, timeout=left)
+    # The last audio and the done messages are still on their way out.
+    sending = [asyncio.ensure_future(session.outbox.sent()) for session in state.sessions]
+    if sending:
+        await asyncio.wait(sending, timeout=max(0.1, deadline - time.monotonic()))
+        for waiter in sending:
+            waiter.cancel()
 
 
 def return_freed_memory() -> None:
@@ -139,7 +161,7 @@ def serve(settings: Settings, cert: str | None, key: str | None, log_level: str)
         ws_max_size=2 * limits.max_message_bytes + 65536,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
-        http=first_request_deadline(limits.request_timeout_s),
+        http=http_protocol(limits.request_timeout_s),
         log_config=None,
         log_level=log_level,
         lifespan="on",

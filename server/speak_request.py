@@ -33,7 +33,9 @@ def check_text(text: str, limits: Limits, *, final: bool = True, already: int = 
             raise NothingToSay("the text has nothing speakable in it (no letter or digit)")
 
 
-def check_language(engine: Engine, language: str) -> None:
+def check_language(engine: Engine, language: str, text: str = "") -> None:
+    """``language`` is one the engine speaks, and ``text`` is in a script it reads."""
+    engine.check_text(text)
     if not engine.speaks(language):
         raise UnsupportedLanguage(f"this engine speaks {', '.join(engine.info.languages)} (or 'auto'), not {language[:32]!r}")
 

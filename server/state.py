@@ -44,26 +44,33 @@ class ServerState:
     def new_session(
         self, *, authorized: bool, sink: Callable[[Outbox], AudioSink] = MessageSink, recorders: Mapping[str, Recorder] | None = None
     ) -> Session:
-        """A pending session with this server's engine, library and limits.
+        """A session with this server's engine, library and limits; raises when there is no room.
 
-        ``authorized``: the transport already checked the token. The session
-        counts towards ``max_sessions`` once its ``hello`` is accepted.
+        ``authorized``: the transport already checked the token (``?token=``, a
+        Bearer header, a WebRTC offer), or none is needed; such a session
+        counts towards ``max_sessions`` at once. Any other waits for its
+        ``hello`` in the small ``max_pending`` budget, so sockets that never
+        authenticate cannot take the places of clients that do.
         """
         limits = self.settings.limits
         if self.draining:
             raise Unavailable("the server is shutting down; try again shortly")
-        if len(self.pending) >= limits.max_pending:
-            raise TooManySessions(f"{limits.max_pending} connections are already waiting to say hello")
+        authorized = authorized or self.token is None
+        if not authorized and len(self.pending) >= limits.max_pending:
+            raise TooManySessions(f"{limits.max_pending} connections are already waiting to authenticate")
         session = Session(
             engine=self.engine,
             library=self.library,
             limits=limits,
-            check_token=None if authorized or self.token is None else self.check_token,
+            check_token=None if authorized else self.check_token,
             sink=sink,
             recorders=recorders,
             admit=self._admit,
         )
-        self.pending.add(session)
+        if authorized:
+            self._admit(session)
+        else:
+            self.pending.add(session)
         return session
 
     def _admit(self, session: Session) -> None:

@@ -61,7 +61,7 @@ class Utterances:
             if len(self._open) >= self._limits.max_open_utterances:
                 raise LimitExceeded(f"at most {self._limits.max_open_utterances} utterances may be open at once")
             check_text(message.text, self._limits, final=message.final)
-            check_language(self._engine, message.language)
+            check_language(self._engine, message.language, message.text)
             voice = await resolve_voice(message.voice, self._engine, self._library)
         except MineStreamError as exc:
             self._connection.refuse(message.id, exc)

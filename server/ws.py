@@ -42,18 +42,27 @@ async def stream_endpoint(websocket: WebSocket) -> None:
         await websocket.send_text(str(encode_frame(Error.of(refusal), binary=False)))
         await websocket.close(code=refusal.close_code if refusal.fatal else 1012)  # 1012: restarting, retry
         return
+    reader = asyncio.create_task(_read(websocket, session), name=f"reader-{session.id}")
     writer = asyncio.create_task(_write(websocket, session, state.settings.limits), name=f"writer-{session.id}")
     close_code = 1000
     try:
-        close_code = await _read(websocket, session)
+        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if not reader.done():  # the writer gave up on a client that does not read
+            reader.cancel()
+            close_code = Overloaded.close_code
+        else:
+            close_code = reader.result()
     finally:
+        reader.cancel()
         state.forget(session)
         await session.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, timeout=FLUSH_TIMEOUT_S)
         writer.cancel()
+        # Closing waits for the socket to take the close frame; a client that does not read never
+        # does, and returning from here is what makes uvicorn drop the connection.
         with contextlib.suppress(Exception):
-            await websocket.close(code=close_code)
+            await asyncio.wait_for(websocket.close(code=close_code), FLUSH_TIMEOUT_S)
 
 
 async def _read(websocket: WebSocket, session: Session) -> int:
@@ -94,7 +103,5 @@ async def _write(websocket: WebSocket, session: Session, limits: Limits) -> None
                 raise Overloaded(f"the client did not read for {limits.send_timeout_s:g} s") from None
     except Overloaded as exc:
         log.info("closing %s: %s", session.id, exc.message)
-        with contextlib.suppress(Exception):
-            await websocket.close(code=exc.close_code)
     except Exception:  # the socket went away; the reader sees the disconnect
         log.debug("writer for %s stopped", session.id, exc_info=True)

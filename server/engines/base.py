@@ -134,6 +134,9 @@ class Engine(abc.ABC):
     def synthesize(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
         """Stream PCM chunks (float32, 24 kHz mono) for one segment of text."""
 
+    def check_text(self, text: str) -> None:
+        """Raise (``UnsupportedLanguage``...) when this engine cannot say ``text``, before any audio is made."""
+
     def speaks(self, language: str) -> bool:
         """Whether ``language`` ("auto", an ISO code like "en-US", or a name) is one of ``info.languages``."""
         wanted = language.lower()

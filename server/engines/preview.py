@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import functools
 import os
+import unicodedata
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
 import soxr
 
 from ..audio import SAMPLE_RATE
-from ..errors import EngineError
+from ..errors import EngineError, UnsupportedLanguage
 from .base import Engine, EngineInfo, Reference, SynthesisRequest
 from .prosody import Style, median_pitch, speaking_rate, style_from_description, style_matching
 from .scheduler import WorkerPool
@@ -29,8 +30,8 @@ NOTE = (
 )
 CHUNK_SAMPLES = SAMPLE_RATE // 10
 JOB_MAX_CHARS = 100
-"""Piper renders a job whole and a worker cannot be interrupted, so the job size bounds both the
-first audio of a long sentence and how long an urgent job can wait behind one already running."""
+"""Piper renders a job's phonemes whole, so the job size bounds both the first audio of a long
+sentence and how long an urgent job can wait behind one already running."""
 _CALIBRATION = "The quick brown fox jumps over the lazy dog, and then it runs away into the forest."
 
 
@@ -51,8 +52,15 @@ def _load_piper(threads: int) -> Any:
     return PiperVoice(config=config, session=session)
 
 
-def _render(voice: Any, text: str, style: Style) -> np.ndarray:
-    """One segment of text to 24 kHz audio in ``style``; runs on a worker thread."""
+MAX_PHONEMES = 120
+"""Phonemes per inference. Piper's memory and time grow with its input, and text can expand
+tenfold into phonemes (100 characters of numbers or symbols, read by the English voice, are
+~1,000 phonemes: a minute of audio and over a gigabyte in one call). Pieces this size cost
+what an ordinary sentence costs, and a cancelled job stops between two of them."""
+
+
+def _render(voice: Any, text: str, style: Style, emit: Callable[[np.ndarray], None], stopped: Callable[[], bool]) -> None:
+    """``text`` as 24 kHz audio in ``style``, emitted piece by piece; runs on a worker thread."""
     from piper.config import SynthesisConfig
 
     config = SynthesisConfig(
@@ -63,14 +71,55 @@ def _render(voice: Any, text: str, style: Style) -> np.ndarray:
         noise_w_scale=0.8,
         normalize_audio=False,
     )
-    pieces = [chunk.audio_float_array for chunk in voice.synthesize(text, syn_config=config)]
-    if not pieces:
-        return np.zeros(0, dtype=np.float32)
-    rate = voice.config.sample_rate
-    audio: np.ndarray = soxr.resample(np.concatenate(pieces), rate * style.pitch, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    for phonemes in _phoneme_runs(voice, readable(text)):
+        if stopped():
+            return
+        raw = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), config)
+        emit(_styled(np.asarray(raw, dtype=np.float32), voice.config.sample_rate, style))
+
+
+def _phoneme_runs(voice: Any, text: str) -> list[list[str]]:
+    """Piper's sentences of phonemes, the long ones cut between words into runs of at most ``MAX_PHONEMES``."""
+    runs = []
+    for sentence in voice.phonemize(text):
+        while len(sentence) > MAX_PHONEMES:
+            cut = next((i for i in range(MAX_PHONEMES, 0, -1) if sentence[i] == " "), MAX_PHONEMES)
+            runs.append(sentence[:cut])
+            sentence = sentence[cut:]
+        if any(p.strip() for p in sentence):
+            runs.append(sentence)
+    return runs
+
+
+def _styled(audio: np.ndarray, rate: int, style: Style) -> np.ndarray:
+    out: np.ndarray = soxr.resample(audio, rate * style.pitch, SAMPLE_RATE, quality="HQ").astype(np.float32)
     if style.whisper:
-        audio = _whisper(audio)
-    return np.clip(audio * min(1.0, 0.9 * style.energy), -1.0, 1.0).astype(np.float32)
+        out = _whisper(out)
+    return np.clip(out * min(1.0, 0.9 * style.energy), -1.0, 1.0).astype(np.float32)
+
+
+def readable(text: str) -> str:
+    """What the English voice can read of ``text``: pictographs (emoji) and letters of other scripts
+    are not said (espeak would spell out each one's name), everything else is."""
+    return "".join(" " if _unreadable(ch) else ch for ch in text)
+
+
+def _unreadable(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    if category in ("So", "Cs", "Co", "Cn") or ch in "\u200d\ufe0f":
+        return True
+    return category[0] == "L" and not unicodedata.name(ch, "").startswith("LATIN")
+
+
+def check_script(text: str) -> None:
+    """Refuse text the English voice cannot read: mostly letters of another script."""
+    letters = [ch for ch in text if unicodedata.category(ch)[0] == "L"]
+    foreign = sum(1 for ch in letters if _unreadable(ch))
+    if letters and foreign > 0.2 * len(letters):
+        raise UnsupportedLanguage(
+            "the preview engine's voice reads English (Latin script); this text is in another script. "
+            "Qwen3-TTS speaks Chinese, Japanese, Korean, Russian and six more"
+        )
 
 
 def _whisper(audio: np.ndarray) -> np.ndarray:
@@ -104,7 +153,7 @@ class PreviewEngine(Engine):
         await self.pool.start()
         # Measure the bundled voice once, with the same analysis used on
         # references, so clone ratios compare like with like.
-        audio = await self.pool.run(0.0, lambda v: _render(v, _CALIBRATION, Style()))
+        audio = np.concatenate([chunk async for chunk in self.pool.stream(0.0, lambda v, emit, stopped: _render(v, _CALIBRATION, Style(), emit, stopped))])
         self._own = (median_pitch(audio, SAMPLE_RATE) or 120.0, speaking_rate(audio, SAMPLE_RATE) or 4.0)
         self._state = "ready"
 
@@ -112,14 +161,19 @@ class PreviewEngine(Engine):
         self._state = "closed"
         await self.pool.close()
 
+    def check_text(self, text: str) -> None:
+        check_script(text)
+
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
+        check_script(request.text)  # streamed text reaches the engine without the upfront check
         style = await self._style(request)
+        render = functools.partial(_render, text=request.text, style=style)
         try:
-            audio = await self.pool.run(request.due, functools.partial(_render, text=request.text, style=style), owner=request.owner)
+            async for audio in self.pool.stream(request.due, lambda voice, emit, stopped: render(voice, emit=emit, stopped=stopped), owner=request.owner):
+                for start in range(0, len(audio), CHUNK_SAMPLES):
+                    yield audio[start : start + CHUNK_SAMPLES]
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"synthesis failed: {exc}") from exc
-        for start in range(0, len(audio), CHUNK_SAMPLES):
-            yield audio[start : start + CHUNK_SAMPLES]
 
     async def _style(self, request: SynthesisRequest) -> Style:
         voice = request.voice

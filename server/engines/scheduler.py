@@ -11,8 +11,9 @@ that are already due.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -24,9 +25,13 @@ M = TypeVar("M")
 T = TypeVar("T")
 
 
+Emit = Callable[[Any], None]
+Stopped = Callable[[], bool]
+
+
 @dataclass
 class _Job:
-    fn: Callable[[Any], Any]
+    fn: Callable[[Any, Emit, Stopped], None]
     results: Mailbox[Any]
 
 
@@ -69,10 +74,18 @@ class WorkerPool(Generic[M]):
 
     async def run(self, due: float, fn: Callable[[M], T], *, owner: Hashable = None) -> T:
         """``fn(model)`` on a worker; a caller that is cancelled drops the job if it has not started."""
-        results: Mailbox[T] = Mailbox()
+        async for result in self.stream(due, lambda model, emit, stopped: emit(fn(model)), owner=owner):
+            return result  # type: ignore[no-any-return]
+        raise AssertionError("a run job emits its result")
+
+    async def stream(self, due: float, fn: Callable[[M, Emit, Stopped], None], *, owner: Hashable = None) -> AsyncIterator[Any]:
+        """What ``fn(model, emit, stopped)`` emits, as it emits it. ``stopped()`` turns true once the
+        caller has gone, so a long job can end between two pieces of work instead of running out."""
+        results: Mailbox[Any] = Mailbox()
         self._queue.push(_Job(fn, results), due=due, owner=owner)
         try:
-            return await results.get()
+            async for item in results:
+                yield item
         finally:
             results.close()
 
@@ -87,9 +100,14 @@ class WorkerPool(Generic[M]):
             with self._lock:
                 self._busy += 1
             try:
-                job.results.put(job.fn(model))
+                job.fn(model, job.results.put, functools.partial(_closed, job.results))
+                job.results.end()
             except BaseException as exc:
                 job.results.fail(exc)
             finally:
                 with self._lock:
                     self._busy -= 1
+
+
+def _closed(results: Mailbox[Any]) -> bool:
+    return results.closed
