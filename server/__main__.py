@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     add("--qwen-decode", choices=("auto", "static", "plain"), default="auto", help="auto: static caches + CUDA graphs on a GPU")
     add("--preview-workers", type=int, help="preview engine worker threads (default: one per core, at most 4)")
     add("--preview-threads", type=int, default=Settings.preview_threads, help="threads per preview worker (default 2)")
+    add("--database-url", help="voice library database, e.g. postgresql+asyncpg://user:pass@host/db (default: SQLite in the data dir)")
     add("--token", help="require this token (default: one generated in the data dir when not on loopback)")
     add("--allow-origin", action="append", default=[], help="extra browser Origin allowed to open the socket (repeatable)")
     add("--ice-host", action="append", default=[], help="WebRTC: only offer host candidates on this address (repeatable)")
@@ -68,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         ice_hosts=tuple(args.ice_host),
         ice_servers=tuple(args.ice_server),
         rtc_connect_timeout_s=args.rtc_connect_timeout,
+        database_url=args.database_url,
         limits=limits,
     ), args.log_level
 

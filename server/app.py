@@ -32,7 +32,7 @@ def create_app(settings: Settings) -> Starlette:
         token = settings.token
         if token is None and settings.token_required:
             token = load_or_create_token(settings.data_dir)
-        library = VoiceLibrary(settings.data_dir)
+        library = VoiceLibrary(settings.data_dir, settings.database_url)
         await library.open()
         engine = create_engine(settings)
         await engine.start()

@@ -18,7 +18,7 @@ def create_engine(settings: Settings) -> Engine:
     if choice == "qwen":
         from .qwen import QwenEngine
 
-        return QwenEngine(settings.design_model, settings.base_model, decode=settings.qwen_decode)
+        return QwenEngine(settings.design_model, settings.base_model, decode=settings.qwen_decode, cache_dir=settings.cache_dir)
     if choice == "preview":
         from .preview import PreviewEngine
 
