@@ -24,13 +24,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     add("--certs-dir", type=Path, default=Path("certs"), help="generated CA and certificate (default ./certs)")
     add("--cert", type=Path, help="your own certificate chain (PEM) instead of the generated one")
     add("--key", type=Path, help="the private key for --cert")
-    add("--engine", choices=("auto", "preview", "qwen"), default="auto", help="auto: Qwen3-TTS when its weights and a GPU are found, else preview")
+    add(
+        "--engine",
+        choices=("auto", "preview", "qwen", "ray", "openai"),
+        default="auto",
+        help="auto: Qwen3-TTS when its weights and a GPU are found, else preview; ray: replicas on Ray Serve "
+        "(python -m server.cluster); openai: a remote OpenAI-compatible /v1/audio/speech",
+    )
     add("--design-model", default=Settings.design_model, help="VoiceDesign model: hub id or local directory")
     add("--base-model", default=Settings.base_model, help="Base (clone) model: hub id or local directory")
     add("--qwen-decode", choices=("auto", "static", "plain"), default="auto", help="auto: static caches + CUDA graphs on a GPU")
     add("--preview-workers", type=int, help="preview engine worker threads (default: one per core, at most 4)")
     add("--preview-threads", type=int, default=Settings.preview_threads, help="threads per preview worker (default 2)")
     add("--database-url", help="voice library database, e.g. postgresql+asyncpg://user:pass@host/db (default: SQLite in the data dir)")
+    add("--ray-address", help="--engine ray: the Ray cluster (auto, HOST:PORT or ray://HOST:10001)")
+    add("--ray-app", default=Settings.ray_app, help="--engine ray: the Serve application name (default minestream)")
+    add("--engine-url", help="--engine openai: base URL of the server (https://host:port; /v1/audio/speech is added)")
+    add("--engine-key", help="--engine openai: its API key or token, sent as a Bearer header")
+    add("--engine-ca", type=Path, help="--engine openai: CA file to trust for its certificate")
+    add("--engine-model", help="--engine openai: the 'model' field (default: the remote's own)")
+    add("--engine-voice", default=Settings.engine_voice, help="--engine openai: the 'voice' field sent with designs (default alloy)")
     add("--token", help="require this token (default: one generated in the data dir when not on loopback)")
     add("--allow-origin", action="append", default=[], help="extra browser Origin allowed to open the socket (repeatable)")
     add("--ice-host", action="append", default=[], help="WebRTC: only offer host candidates on this address (repeatable)")
@@ -50,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
             ipaddress.ip_address(address)
         except ValueError:
             parser.error(f"--ice-host {address!r} is not an IP address")
+    if args.engine == "openai" and not args.engine_url:
+        parser.error("--engine openai needs --engine-url")
+    if args.engine == "ray" and not args.ray_address:
+        parser.error("--engine ray needs --ray-address (auto, HOST:PORT or ray://HOST:10001)")
     limits = Limits(args.max_text_chars, args.max_ref_seconds, args.max_open_utterances, args.max_message_bytes, args.max_sessions)
     return Settings(
         host=args.host,
@@ -70,6 +87,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         ice_servers=tuple(args.ice_server),
         rtc_connect_timeout_s=args.rtc_connect_timeout,
         database_url=args.database_url,
+        engine_url=args.engine_url,
+        engine_key=args.engine_key,
+        engine_ca=args.engine_ca,
+        engine_model=args.engine_model,
+        engine_voice=args.engine_voice,
+        ray_address=args.ray_address,
+        ray_app=args.ray_app,
         limits=limits,
     ), args.log_level
 
