@@ -23,7 +23,7 @@ import inspect
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +38,7 @@ from .engines.base import Reference, SynthesisRequest, Voice
 
 log = logging.getLogger("minestream.replica")
 
+LATENCY_SETTING = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 REPORT_EVERY_S = 0.5
 REPORT_FRESH_S = 3.0
 """A replica not heard from for this long is left out of the fronts' view (it is dead or stuck)."""
@@ -59,6 +60,8 @@ class WireRequest:
     reference_text: str | None = None
     reference_audio: Any = None
     """An ``ObjectRef`` to the reference's float32 audio; fetched only by a replica that lacks the key."""
+    tag: str | None = None
+    """The front's name for this request; the replica keeps its own first-audio time under it (``first_audio``)."""
 
 
 def capacity(settings: Settings) -> int:
@@ -86,6 +89,9 @@ class EngineReplica:
         self.counts = {"served": 0, "cancelled": 0, "failed": 0, "active": 0, "references_fetched": 0}
         self._references: OrderedDict[str, Reference] = OrderedDict()
         self._fetching: dict[str, asyncio.Future[Reference]] = {}
+        self.first_audio_ms: deque[float] = deque(maxlen=256)
+        """Time to first audio inside the replica, recent requests: a front's TTFA less this is the hop."""
+        self._first_audio_by_tag: OrderedDict[str, float] = OrderedDict()
         self._registry = registry
         self._reporter = asyncio.create_task(self._report_forever(), name="replica-report")
         log.info("replica %s (pid %d) serves the %s engine", self.replica_id, self.pid, self.engine.info.name)
@@ -95,14 +101,19 @@ class EngineReplica:
         return {"info": self.engine.info.as_message(), "anchors_designs": self.engine.info.kind == "qwen"}
 
     async def synthesize(self, wire: WireRequest) -> AsyncIterator[np.ndarray]:
-        request = SynthesisRequest(
-            wire.text, await self._voice(wire), wire.language, time.monotonic() + wire.due_in, wire.first
-        )
+        began = time.monotonic()
+        request = SynthesisRequest(wire.text, await self._voice(wire), wire.language, began + wire.due_in, wire.first)
         self.counts["served"] += 1
         self.counts["active"] += 1
         stream = self.engine.synthesize(request)
+        first = True
         try:
             async for chunk in stream:
+                if first:
+                    self.first_audio_ms.append((time.monotonic() - began) * 1000)
+                    if wire.tag is not None:
+                        self._first_audio_by_tag[wire.tag] = self.first_audio_ms[-1]
+                    first = False
                 yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             # The front closed its stream (cancel, disconnect): cancelled where it waits on the engine, or
@@ -115,6 +126,12 @@ class EngineReplica:
         finally:
             self.counts["active"] -= 1
             await stream.aclose()  # type: ignore[attr-defined]
+
+    def first_audio(self, tags: list[str]) -> dict[str, float]:
+        """This replica's own time to first audio (ms) of the requests so tagged that it served (the benchmark's hop)."""
+        while len(self._first_audio_by_tag) > 1024:
+            self._first_audio_by_tag.popitem(last=False)
+        return {tag: self._first_audio_by_tag[tag] for tag in tags if tag in self._first_audio_by_tag}
 
     async def render_design(self, description: str, language: str) -> tuple[np.ndarray, str | None] | None:
         reference = await self.engine.render_design(description, language)
@@ -158,6 +175,7 @@ class EngineReplica:
             "busy": health.get("busy", health.get("active_streams", 0)),
             "queue_depth": health.get("queue_depth", 0),
             "references": len(self._references),
+            "first_audio_p50_ms": round(float(np.median(self.first_audio_ms)), 2) if self.first_audio_ms else None,
             **self.counts,
         }
 
@@ -200,7 +218,10 @@ def build_app(
 ) -> Any:
     """The Serve application: the registry and the engine replicas (fixed, or autoscaled on ongoing requests)."""
     ongoing = max_ongoing or capacity(settings)
-    actor: dict[str, Any] = {"num_cpus": replica_cpus}
+    # Serve's latency settings (user code and router on the replica's own loop, requests over gRPC):
+    # they take the hop's first-audio cost from ~11 to ~4 ms here (bench/RESULTS.md). The replica's
+    # code never blocks its loop (the engine works on its own threads), which is what they ask.
+    actor: dict[str, Any] = {"num_cpus": replica_cpus, "runtime_env": {"env_vars": {LATENCY_SETTING: "1"}}}
     if settings.engine == "qwen":
         actor["num_gpus"] = 1  # one GPU per replica: each holds both Qwen models and its CUDA graphs
     options: dict[str, Any] = {
