@@ -114,3 +114,31 @@ async def test_unreachable_at_start_still_starts(server_factory: Any) -> None:
         with pytest.raises(ServerError) as down:
             await client.say("Hello.", design="a calm narrator")
     assert down.value.code == "unavailable" and "unreachable" in down.value.message["message"]
+
+
+def test_voices_map_to_the_fields_vllm_omni_takes() -> None:
+    """The request bodies for a Qwen3-TTS server by vLLM-Omni (none runs here; its fields are documented)."""
+    import base64
+    import io
+    import wave
+
+    from server.engines.base import Reference, SynthesisRequest, Voice
+    from server.engines.remote import OpenAIEngine
+    from server.errors import Unavailable
+
+    engine = OpenAIEngine("https://tts.example:8000/v1", model="Qwen/Qwen3-TTS-12Hz-1.7B-Base")
+    engine._kind = kind_of_model("Qwen/Qwen3-TTS-12Hz-1.7B-Base")
+    audio = (0.1 * np.sin(np.arange(24000) / 10)).astype(np.float32)
+    clone = engine._body(SynthesisRequest("Hi.", Voice(reference=Reference(audio, "what I said", key="k1")), language="en"))
+    assert (clone["task_type"], clone["ref_text"], clone["x_vector_only_mode"], clone["language"]) == ("Base", "what I said", False, "English")
+    header, data = clone["ref_audio"].split(",", 1)
+    assert header == "data:audio/wav;base64"
+    with wave.open(io.BytesIO(base64.b64decode(data))) as wav:
+        assert (wav.getframerate(), wav.getnframes()) == (24000, 24000)
+    with pytest.raises(Unavailable, match="cannot design"):
+        engine._body(SynthesisRequest("Hi.", Voice(design="a calm voice")))
+
+    engine._kind = kind_of_model("Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign")
+    design = engine._body(SynthesisRequest("Hi.", Voice(design="a calm voice")))
+    assert (design["task_type"], design["instructions"], design["response_format"], design["stream"]) == ("VoiceDesign", "a calm voice", "pcm", True)
+    assert design["model"] == "Qwen/Qwen3-TTS-12Hz-1.7B-Base" and "language" not in design
