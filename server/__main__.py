@@ -82,12 +82,26 @@ def _parser() -> _Options:
     add("--key", type=Path, help="the private key for --cert")
     add("--no-tls", action="store_true", help="serve plain HTTP: only on loopback, or with --behind-proxy")
     add("--behind-proxy", action="store_true", help="a TLS-terminating proxy forwards to this server (trusts its X-Forwarded-* headers)")
-    add("--engine", choices=("auto", "preview", "qwen"), default="auto", help="auto: Qwen3-TTS when its weights and a GPU are found")
+    add(
+        "--engine",
+        choices=("auto", "preview", "qwen", "ray", "openai"),
+        default="auto",
+        help="auto: Qwen3-TTS when its weights and a GPU are found, else preview; ray: replicas on Ray Serve "
+        "(python -m server.cluster); openai: any OpenAI-compatible speech server",
+    )
     add("--design-model", default=Settings.design_model, help="VoiceDesign model: hub id or local directory")
     add("--base-model", default=Settings.base_model, help="Base (clone) model: hub id or local directory")
     add("--qwen-decode", choices=("auto", "static", "plain"), default="auto", help="auto: static caches + CUDA graphs on a GPU")
     add("--preview-workers", type=int, help="preview engine worker threads (default: one per core, at most 4)")
     add("--preview-threads", type=int, default=Settings.preview_threads, help="threads per preview worker")
+    add("--database-url", help="voice library database, e.g. postgresql+asyncpg://user:pass@host/db (default: SQLite in the data dir)")
+    add("--ray-address", help="--engine ray: the Ray cluster (auto, HOST:PORT or ray://HOST:10001)")
+    add("--ray-app", default=Settings.ray_app, help="--engine ray: the Serve application name")
+    add("--engine-url", help="--engine openai: base URL of the server (https://host:port; /v1/audio/speech is added)")
+    add("--engine-key", help="--engine openai: its API key or token, sent as a Bearer header")
+    add("--engine-ca", type=Path, help="--engine openai: CA file to trust for its certificate")
+    add("--engine-model", help="--engine openai: the 'model' field (default: the remote's own)")
+    add("--engine-voice", default=Settings.engine_voice, help="--engine openai: the 'voice' field sent with designs")
     add("--token", help="require this token (visible in ps: prefer --token-file or the environment)")
     add("--token-file", type=Path, help="read the token from this file")
     add("--allow-origin", action="append", help="extra browser Origin allowed to use the API and the socket (repeatable; CORS)")
@@ -127,6 +141,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         parser.error("--cert and --key go together")
     if args.no_tls and not (is_loopback(args.host) or args.behind_proxy):
         parser.error("--no-tls off loopback needs --behind-proxy: browsers give microphones and secure sockets only to TLS pages")
+    if args.engine == "openai" and not args.engine_url:
+        parser.error("--engine openai needs --engine-url")
+    if args.engine == "ray" and not args.ray_address:
+        parser.error("--engine ray needs --ray-address (auto, HOST:PORT or ray://HOST:10001)")
     for address in args.ice_host:
         try:
             ipaddress.ip_address(address)
@@ -159,6 +177,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         rtc_connect_timeout_s=args.rtc_connect_timeout,
         drain_timeout_s=args.drain_timeout,
         limits=limits,
+        database_url=args.database_url,
+        engine_url=args.engine_url,
+        engine_key=args.engine_key,
+        engine_ca=args.engine_ca,
+        engine_model=args.engine_model,
+        engine_voice=args.engine_voice,
+        ray_address=args.ray_address,
+        ray_app=args.ray_app,
         tls=not args.no_tls,
         behind_proxy=args.behind_proxy,
     )

@@ -88,7 +88,7 @@ async def _open(stack: contextlib.AsyncExitStack, settings: Settings, engine: En
     token = settings.token
     if token is None and settings.token_required:
         token = load_or_create_token(settings.data_dir)
-    library = VoiceLibrary(settings.data_dir)
+    library = VoiceLibrary(settings.data_dir, settings.database_url)
     await library.open()
     stack.push_async_callback(library.close)
     engine = engine or create_engine(settings)

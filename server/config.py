@@ -78,7 +78,27 @@ class Settings:
     tls: bool = True
     behind_proxy: bool = False
     """A TLS-terminating proxy is in front: plain HTTP is allowed off loopback, X-Forwarded-* is trusted."""
+    database_url: str | None = None
+    """The voice library's database (SQLAlchemy async URL); None: SQLite in the data dir."""
+    engine_url: str | None = None
+    """``--engine openai``: the OpenAI-compatible server whose ``POST /v1/audio/speech`` speaks."""
+    engine_key: str | None = None
+    """``--engine openai``: the bearer token (API key) that server wants, if any."""
+    engine_ca: Path | None = None
+    """``--engine openai``: a CA file to trust for that server's certificate."""
+    engine_model: str | None = None
+    engine_voice: str = "alloy"
+    """``--engine openai``: the ``voice`` field sent with designs (a remote's required stock voice)."""
+    ray_address: str | None = None
+    """``--engine ray``: the Ray cluster ("auto", "HOST:PORT" of its GCS, or ``ray://HOST:10001``)."""
+    ray_app: str = "minestream"
+    """``--engine ray``: the Serve application that ``python -m server.cluster`` deployed."""
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where engines keep what they derive from references (voice-clone prompts)."""
+        return self.data_dir / "cache"
 
     @property
     def token_required(self) -> bool:

@@ -101,10 +101,10 @@ async def voice_audio(request: Request) -> Response:
     require_token(request)
     library = _state(request).library
     record = await library.get(request.path_params["voice_id"])
-    path = library.audio_path(record)
-    if path is None:
+    wav = await library.audio(record)
+    if wav is None:
         raise VoiceNotFound(f"voice {record.id} has no reference audio")
-    return FileResponse(path, media_type="audio/wav", filename=f"{record.id}.wav")
+    return Response(wav, media_type="audio/wav", headers={"Content-Disposition": f'attachment; filename="{record.id}.wav"'})
 
 
 async def create_voice(request: Request) -> Response:

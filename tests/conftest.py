@@ -25,6 +25,7 @@ import pytest
 from client import Client, ssl_context
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.postgres"]  # the ``postgres`` fixture: a real PostgreSQL server
 
 
 def free_port() -> int:

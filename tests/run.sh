@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System tools: the browser for the page tests, speech and sound tools for test audio.
+# System tools: the browser for the page tests, speech and sound tools for test audio,
+# PostgreSQL's server binaries for the shared voice library's tests (tests/postgres.py).
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v sox >/dev/null || missing+=(sox)
+command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

@@ -245,13 +245,13 @@ def test_disconnect_frees_the_stream(qwen_tiny_models, decode: str) -> None:
 
 
 def test_clone_prompt_cached_in_memory_and_on_disk(qwen_tiny_models, tmp_path, monkeypatch) -> None:
-    ref = Reference(_ref_audio(), text="The fox.", key="voice-1", cache_dir=tmp_path)
-    xref = Reference(_ref_audio(seed=3), key="voice-2", cache_dir=tmp_path)
+    ref = Reference(_ref_audio(), text="The fox.", key="voice-1")
+    xref = Reference(_ref_audio(seed=3), key="voice-2")
 
     async def body(engine: QwenEngine) -> list[np.ndarray]:
         return [np.concatenate(await collect(engine, SynthesisRequest("Hi.", Voice(reference=r)))) for r in (ref, xref)]
 
-    first = run_engine(qwen_tiny_models, body)
+    first = run_engine(qwen_tiny_models, body, cache_dir=tmp_path)
     assert sorted(p.name.rsplit("-", 1)[1] for p in tmp_path.glob("qwen3tts-*.pt")) == ["icl.pt", "xvec.pt"]
 
     def refuse(*args: Any, **kwargs: Any) -> None:
@@ -259,7 +259,7 @@ def test_clone_prompt_cached_in_memory_and_on_disk(qwen_tiny_models, tmp_path, m
 
     qwen_tts = compat.import_qwen_tts()
     monkeypatch.setattr(qwen_tts.Qwen3TTSModel, "create_voice_clone_prompt", refuse)
-    second = run_engine(qwen_tiny_models, body)
+    second = run_engine(qwen_tiny_models, body, cache_dir=tmp_path)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
 

@@ -16,7 +16,6 @@ import abc
 import time
 from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,15 +34,15 @@ class Reference:
     """A reference recording a voice is cloned from.
 
     ``audio`` is float32 mono at 24 kHz, already trimmed and level-normalised.
-    ``key`` is stable for the same audio (a voice id or a content hash) so an
-    engine may cache what it derives from it (speaker embeddings, codes), in
-    memory and, when ``cache_dir`` is given, on disk.
+    ``key`` is the same for the same audio and text (the library's content
+    hash) on every front, so an engine, in process or on a replica, may cache
+    what it derives from it (speaker embeddings, codes) in memory and in its
+    own cache directory.
     """
 
     audio: np.ndarray
     text: str | None = None
     key: str | None = None
-    cache_dir: Path | None = None
 
     @property
     def duration_ms(self) -> int:

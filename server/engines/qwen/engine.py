@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,6 +36,7 @@ _SAMPLE_TEXT = {
 }
 _DEFAULT_SAMPLE = "Hello, it's nice to meet you. The weather is lovely today, so let's take a walk together."
 _PROMPT_CACHE_SIZE = 64
+_FILE_KEY = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 def split_long(text: str, max_chars: int, language: str = "auto") -> list[str]:
@@ -62,9 +64,12 @@ class QwenEngine(Engine):
         left_context_frames: int = DEFAULT_LEFT_CONTEXT,
         max_active: int = 32,
         decode: str = "auto",
+        cache_dir: Path | None = None,
     ) -> None:
         """``decode``: "static" runs the talker on static caches (CUDA graphs on a GPU), "plain"
-        through upstream's modules step by step, "auto" static on a GPU and plain elsewhere."""
+        through upstream's modules step by step, "auto" static on a GPU and plain elsewhere.
+        ``cache_dir``: where voice-clone prompts are kept across restarts, by reference key."""
+        self.cache_dir = cache_dir
         self.device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
         default_dtype = "float32" if self.device == "cpu" else "bfloat16"
         self.dtype: torch.dtype = getattr(torch, dtype or default_dtype)
@@ -210,9 +215,10 @@ class QwenEngine(Engine):
         return items
 
     def _prompt_path(self, ref: Reference, key: str, mode: str) -> Path | None:
-        if ref.cache_dir is None:
+        # Only a library key names the same reference for good; a derived one is an anchor of the moment.
+        if self.cache_dir is None or ref.key is None or ref.key.startswith("design-") or not _FILE_KEY.fullmatch(ref.key):
             return None
-        return Path(ref.cache_dir) / f"qwen3tts-{self._base_tag}-{key}-{mode}.pt"
+        return self.cache_dir / f"qwen3tts-{self._base_tag}-{key}-{mode}.pt"
 
     @staticmethod
     def _load_items(path: Path) -> list[Any] | None:

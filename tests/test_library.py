@@ -1,0 +1,242 @@
+"""The voice library on SQLAlchemy: SQLite and a real PostgreSQL, the import of the earlier layout, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from client import ServerError
+from server.audio import read_wav, resample
+from server.errors import Unavailable, VoiceNotFound
+from server.voices import VoiceLibrary, VoiceRecord, content_key
+from tests.audio_checks import assert_speech
+from tests.legacy_voices import LegacyVoiceLibrary
+from tests.postgres import PostgresServer
+
+
+def tone(seconds: float, hz: float = 180.0, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(24000 * seconds)) / 24000
+    noise = np.random.default_rng(seed).normal(0, 0.01, len(t))
+    return (0.3 * np.sin(2 * np.pi * hz * t) + noise).astype(np.float32)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """None (SQLite in the data dir, the default) or a fresh database on the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.database()
+
+
+@pytest.fixture
+async def library(tmp_path: Path, database_url: str | None) -> AsyncIterator[VoiceLibrary]:
+    opened = VoiceLibrary(tmp_path / "data", database_url)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def test_save_read_rename_delete(library: VoiceLibrary, tmp_path: Path) -> None:
+    audio = tone(2.0)
+    clone = await library.save(name="  Me  ", kind="clone", audio=audio, ref_text="hello there")
+    design = await library.save(name="", kind="design", design="a calm narrator")
+    assert clone.name == "Me" and clone.has_audio and clone.duration_ms == 2000
+    assert design.name == "Designed voice" and not design.has_audio
+    assert [v.id for v in await library.all()] == [clone.id, design.id]
+    assert await library.get(clone.id) == clone
+
+    wav = await library.audio(clone)
+    assert wav is not None and await library.audio(design) is None
+    with wave.open(io.BytesIO(wav)) as parsed:
+        assert (parsed.getframerate(), parsed.getnchannels(), parsed.getnframes()) == (24000, 1, len(audio))
+    reference = await library.reference(clone)
+    assert reference is not None and reference.text == "hello there"
+    assert reference.key == content_key(wav, "hello there")
+    np.testing.assert_allclose(reference.audio, audio, atol=1 / 32767)
+    assert await library.reference(design) is None
+
+    assert (await library.rename(clone.id, "Renamed")).name == "Renamed"
+    await library.delete(clone.id)
+    with pytest.raises(VoiceNotFound):
+        await library.get(clone.id)
+    with pytest.raises(VoiceNotFound):
+        await library.rename(clone.id, "x")
+    with pytest.raises(VoiceNotFound):
+        await library.get("../../etc/passwd")
+    assert [v.id for v in await library.all()] == [design.id]
+
+
+async def test_content_key_is_the_same_on_every_front(tmp_path: Path, database_url: str | None) -> None:
+    """Two libraries on one database (two fronts) agree on ids, audio and the key engines cache by."""
+    first, second = VoiceLibrary(tmp_path / "a", database_url), VoiceLibrary(tmp_path / "a", database_url)
+    await asyncio.gather(first.open(), second.open())  # concurrent first starts migrate one after the other
+    try:
+        saved = await first.save(name="Shared", kind="clone", audio=tone(1.0), ref_text="one")
+        twin = await first.save(name="Twin", kind="clone", audio=tone(1.0), ref_text="two")
+        seen = await second.get(saved.id)
+        ref_first, ref_second = await first.reference(saved), await second.reference(seen)
+        assert ref_first is not None and ref_second is not None and ref_first.key == ref_second.key
+        other = await second.reference(twin)
+        assert other is not None and other.key != ref_first.key  # same audio, other text: another prompt
+        await second.rename(saved.id, "Renamed elsewhere")
+        assert (await first.get(saved.id)).name == "Renamed elsewhere"
+        await first.delete(saved.id)
+        with pytest.raises(VoiceNotFound):
+            await second.get(saved.id)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_schema_is_alembics_head(library: VoiceLibrary) -> None:
+    engine = create_async_engine(library.url)
+    try:
+        async with engine.connect() as conn:
+            version = await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
+            tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
+    assert version == "0001"
+    assert {"voices", "voice_audio", "imported_libraries", "alembic_version"} <= tables
+
+
+def files_digest(data_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(data_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(data_dir.rglob("*")) if p.is_file()}
+
+
+async def make_legacy_library(data_dir: Path, speech_wav: Path) -> list[Any]:
+    """A library of today's layout, written by today's code: clones, designs (with and without audio), a rename, a delete."""
+    old = LegacyVoiceLibrary(data_dir)
+    await old.open()
+    try:
+        speech = resample(read_wav(speech_wav), 22050, 24000)  # espeak-ng speaks at 22.05 kHz
+        clone = await old.save(name="Birch", kind="clone", audio=speech, ref_text="The birch canoe slid on the smooth planks.")
+        await old.save(name="No text", kind="clone", audio=tone(3.0, seed=2))
+        await old.save(name="Pirate", kind="design", design="a deep gravelly pirate")
+        await old.save(name="Rendered", kind="design", design="a bright voice", audio=tone(1.5, 300.0), ref_text="Hello.")
+        gone = await old.save(name="Gone", kind="design", design="deleted before the upgrade")
+        await old.rename(clone.id, "Birch (renamed)")
+        await old.delete(gone.id)
+        return await old.all()
+    finally:
+        await old.close()
+
+
+def as_compared(record: Any) -> tuple[Any, ...]:
+    return (record.id, record.name, record.kind, record.design, record.ref_text, record.duration_ms, record.has_audio, record.created)
+
+
+async def test_earlier_library_is_imported_once_with_nothing_lost(tmp_path: Path, database_url: str | None, speech_wav: Path) -> None:
+    data_dir = tmp_path / "data"
+    before = await make_legacy_library(data_dir, speech_wav)
+    assert len(before) == 4
+    files_before = files_digest(data_dir)
+
+    library = VoiceLibrary(data_dir, database_url)
+    await library.open()
+    try:
+        after = await library.all()
+        assert [as_compared(r) for r in after] == [as_compared(r) for r in before]
+        for record in after:
+            wav = await library.audio(record)
+            path = data_dir / "voices" / record.id / "reference.wav"
+            assert wav == (path.read_bytes() if record.has_audio else None)
+            reference = await library.reference(record)
+            if record.has_audio:
+                assert reference is not None and reference.text == record.ref_text
+                np.testing.assert_array_equal(reference.audio, read_wav(path))
+        kept = after[0]
+        await library.delete(after[1].id)
+    finally:
+        await library.close()
+    # The earlier files are as they were (the old server still runs on them)...
+    files_after = {k: v for k, v in files_digest(data_dir).items() if not k.startswith("library.sqlite3")}
+    assert {k: v for k, v in files_before.items() if not k.startswith("voices.sqlite3")} == {
+        k: v for k, v in files_after.items() if not k.startswith("voices.sqlite3")
+    }
+    # ...and the import happens once: a voice deleted since stays deleted.
+    again = VoiceLibrary(data_dir, database_url)
+    await again.open()
+    try:
+        ids = [r.id for r in await again.all()]
+        assert ids == [r.id for r in before if r.id != after[1].id] and kept.id in ids
+    finally:
+        await again.close()
+
+
+async def test_unreachable_database_is_unavailable_then_recovers(postgres_factory: Any, tmp_path: Path) -> None:
+    """A PostgreSQL server of the test's own: stopped under an open library, then started again."""
+    own = postgres_factory().start()
+    own.psql("CREATE DATABASE lib")
+    library = VoiceLibrary(tmp_path / "data", own.url("lib"))
+    await library.open()
+    try:
+        saved = await library.save(name="Kept", kind="design", design="a calm voice")
+        own.stop()
+        with pytest.raises(Unavailable, match="database .* is unreachable"):
+            await library.all()
+        with pytest.raises(Unavailable, match="postgresql"):
+            await library.save(name="Lost", kind="design", design="x")
+        own.start()
+        assert [v.id for v in await library.all()] == [saved.id]
+    finally:
+        await library.close()
+
+
+async def test_library_opens_while_the_database_is_down(postgres_factory: Any, tmp_path: Path) -> None:
+    """A front starts with its database down; voice operations fail clearly until it is there, then migrate."""
+    own = postgres_factory()
+    library = VoiceLibrary(tmp_path / "data", own.url("postgres"))
+    await library.open()
+    try:
+        with pytest.raises(Unavailable, match="unreachable"):
+            await library.get("v_0000000000000000")
+        own.start()
+        record: VoiceRecord = await library.save(name="Late", kind="design", design="a late voice")
+        assert (await library.get(record.id)).name == "Late"
+    finally:
+        await library.close()
+
+
+async def test_two_fronts_share_one_postgres_library(server_factory: Any, postgres_factory: Any, speech_wav: Path) -> None:
+    """Clone through front A, speak with that voice through front B; then the database goes away and comes back."""
+    own = postgres_factory().start()
+    url = own.url("postgres")
+    front_a, front_b = server_factory("--database-url", url), server_factory("--database-url", url)
+    async with await front_a.client() as client:
+        cloned = await client.upload_voice(speech_wav.read_bytes(), name="Birch", ref_text="The birch canoe slid on the smooth planks.")
+    async with await front_b.client() as client:
+        speech = await client.say("Spoken by the other front.", voice_id=cloned["voice_id"])
+    assert_speech(speech.pcm(), 24000, "Spoken by the other front.")
+    with front_b.http() as http:
+        assert cloned["voice_id"] in {v["id"] for v in http.get("/v1/voices").json()["voices"]}
+        audio = http.get(f"/v1/voices/{cloned['voice_id']}/audio")
+        assert audio.status_code == 200 and audio.content[:4] == b"RIFF"
+
+    own.stop()
+    with front_a.http() as http:
+        down = http.get("/v1/voices")
+        assert down.status_code == 503 and down.json()["error"]["code"] == "unavailable"
+        assert "database" in down.json()["error"]["message"]
+    async with await front_b.client() as client:
+        with pytest.raises(ServerError) as refused:
+            await client.say("Saved voices wait for the database.", voice_id=cloned["voice_id"])
+        assert refused.value.code == "unavailable" and "database" in refused.value.message
+        designed = await client.say("Designed voices keep speaking.", design="a calm narrator")
+    assert_speech(designed.pcm(), 24000, "Designed voices keep speaking.")
+
+    own.start()
+    async with await front_b.client() as client:
+        again = await client.say("The database is back.", voice_id=cloned["voice_id"])
+    assert_speech(again.pcm(), 24000, "The database is back.")
