@@ -7,7 +7,6 @@ of exactness: any state carried wrong shows up at the seams.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from bench.qwen_codec import full_scale_residuals, random_decoder  # noqa: E402
 from server.engines.qwen import compat  # noqa: E402
 from server.engines.qwen.codec import CodecBatch, StatefulCodecStream  # noqa: E402
 from server.engines.qwen.stream import CodecStream  # noqa: E402
@@ -58,20 +58,8 @@ def decoder(tts: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def loud_decoder(decoder: Any) -> Any:
-    """The tiny codec with its residual branches at full scale.
-
-    Upstream initialises the transformer's layer scales to 0.01 and the ConvNeXt
-    blocks' gamma to 1e-6, so with random weights those layers barely reach the
-    output and a wrong state there would hide under the tolerance. At 1.0 they count.
-    """
-    loud = copy.deepcopy(decoder)
-    with torch.no_grad():
-        for layer in loud.pre_transformer.layers:
-            layer.self_attn_layer_scale.scale.fill_(1.0)
-            layer.mlp_layer_scale.scale.fill_(1.0)
-        for _, convnext in loud.upsample:
-            convnext.gamma.fill_(1.0)
-    return loud
+    """The tiny codec with its transformer and ConvNeXt branches at full scale, so their state counts."""
+    return full_scale_residuals(decoder)
 
 
 @pytest.fixture(scope="module")
@@ -238,12 +226,15 @@ def test_rows_are_bounded_and_checked(decoder: Any) -> None:
     with pytest.raises(ValueError, match="one chunk per row"):
         batch.decode([first, second], [_codes(2, seed=0)])
     assert batch.decode([], []) == []
+    assert [a.shape for a in batch.decode([first], [_codes(0, seed=0)])] == [(0,)]
+    batch.release(second)
+    with pytest.raises(ValueError, match="not free"):
+        batch.admit(row=first)
+    assert batch.admit(row=second) == second  # a caller can mirror its decode batch's rows
 
 
 def test_full_size_codec_stream_equals_one_shot_decode() -> None:
     """The released checkpoints' codec dimensions (8 layers, 1536-wide vocoder), random weights."""
-    from bench.qwen_codec import random_decoder
-
     decoder = random_decoder("1.7b")
     history, codes = _codes(20, seed=6), _codes(80, seed=7)
     batch = CodecBatch(decoder, rows=1)

@@ -159,11 +159,19 @@ class CodecBatch:
             state[row].zero_()
         self._position[row] = 0
 
-    def admit(self, history: torch.Tensor | None = None) -> int:
-        """Take a free row for a new stream; ``history`` (T, Q) codes are decoded into its state, not emitted."""
+    def admit(self, history: torch.Tensor | None = None, row: int | None = None) -> int:
+        """Take a free row for a new stream (``row``: that one, e.g. the stream's decode-batch row).
+
+        ``history`` (T, Q) codes, an in-context clone's reference, are decoded into
+        the row's state; their audio is not emitted.
+        """
         if not self._free:
             raise RuntimeError("no free codec row")
-        row = self._free.pop(0)
+        if row is None:
+            row = self._free[0]
+        elif row not in self._free:
+            raise ValueError(f"codec row {row} is not free")
+        self._free.remove(row)
         self._reset(row)
         if history is not None and len(history):
             self.decode_padded(torch.tensor([row], device=self.device), history[None].to(self.device))
@@ -189,9 +197,9 @@ class CodecBatch:
         """
         if len(rows) != len(chunks):
             raise ValueError("one chunk per row")
-        if not rows:
-            return []
         lengths = [len(chunk) for chunk in chunks]
+        if not rows or max(lengths) == 0:
+            return [np.zeros(0, dtype=np.float32) for _ in rows]
         codes = torch.nn.utils.rnn.pad_sequence(list(chunks), batch_first=True).to(self.device, non_blocking=True)
         frames = None if min(lengths) == max(lengths) else torch.tensor(lengths, device=self.device)
         wav = self.decode_padded(torch.tensor(list(rows), device=self.device), codes, frames)
@@ -203,7 +211,9 @@ class CodecBatch:
         """Advance ``rows`` (B,) by ``codes`` (B, T, Q); returns (B, T * 1920) samples on the device.
 
         ``frames`` (B,) gives each row's valid frames (the rest is padding, and so is
-        the audio past ``frames_b * 1920``); None means all T. No host syncs.
+        the audio past ``frames_b * 1920``); None means all T. No host syncs; to capture
+        it in a CUDA graph, pass ``frames`` always (one code path) and pad ``rows`` to
+        the graph's batch size with ``scratch_row``.
         """
         call = _Call(rows, frames)
         hidden = self.decoder.quantizer.decode(codes.clamp(min=0).transpose(1, 2))
