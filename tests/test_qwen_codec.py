@@ -187,6 +187,22 @@ def test_padding_rows_with_the_scratch_row_changes_nothing(loud_decoder: Any) ->
         assert torch.allclose(got[[0, 2]], want, atol=TOLERANCE, rtol=0)
 
 
+def test_a_primed_voice_admits_streams_without_decoding_its_reference(loud_decoder: Any, ref_code: torch.Tensor) -> None:
+    decoder = loud_decoder
+    batch = CodecBatch(decoder, rows=3)
+    primed = batch.prime(ref_code)  # once per cloned voice
+    rows = [batch.admit(primed), batch.admit(ref_code)]  # one row copies the primed state, one decodes the reference
+    codes = [_codes(30, seed=20), _codes(30, seed=21)]
+    got: list[list[np.ndarray]] = [[], []]
+    for start in range(0, 30, 6):
+        for i, audio in enumerate(batch.decode(rows, [c[start : start + 6] for c in codes])):
+            got[i].append(audio)
+    for i in range(2):
+        assert np.abs(np.concatenate(got[i]) - _one_shot(decoder, ref_code, codes[i])).max() < TOLERANCE
+    other = CodecBatch(decoder, rows=1)  # a primed state fits any batch over the same decoder
+    assert np.abs(_stream(other, other.admit(primed), codes[0], [6]) - np.concatenate(got[0])).max() < TOLERANCE
+
+
 @pytest.mark.parametrize("history", [False, True], ids=["design", "clone"])
 def test_stateful_codec_stream_is_a_drop_in_for_codec_stream(tts: Any, ref_code: torch.Tensor, history: bool) -> None:
     prefix = ref_code if history else None

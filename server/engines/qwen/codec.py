@@ -72,6 +72,13 @@ class _Call:
         return _Call(self.rows, self.frames, self.scale * factor)
 
 
+@dataclass(frozen=True)
+class Primed:
+    """One row's state after some codes (``CodecBatch.prime``): conv states, keys, values, position."""
+
+    states: tuple[torch.Tensor, ...]
+
+
 def _window(x: torch.Tensor, dim: int, start: torch.Tensor | None, size: int) -> torch.Tensor:
     """``x[start_b : start_b + size]`` along ``dim`` for each row b; the last ``size`` when start is None."""
     if start is None:
@@ -95,7 +102,7 @@ class CodecBatch:
         self.decoder = decoder
         self.rows = rows
         self.scratch_row = rows
-        """A row no stream owns: pad a batch with it (its output is garbage, its state is never read)."""
+        """A row no stream owns, to pad a batch with (it may repeat; its state and output are junk)."""
         self._upstream = sys.modules[type(decoder).__module__]
         self.device: torch.device = decoder.device
         self.dtype: torch.dtype = next(decoder.parameters()).dtype
@@ -153,17 +160,35 @@ class CodecBatch:
             return math.ceil(kernel / stride) - 1
         return 0
 
+    def _row_states(self) -> list[torch.Tensor]:
+        return [*self._state.values(), *self._keys, *self._values, self._position]
+
     @torch.inference_mode()
     def _reset(self, row: int) -> None:
-        for state in [*self._state.values(), *self._keys, *self._values]:
+        for state in self._row_states():
             state[row].zero_()
-        self._position[row] = 0
 
-    def admit(self, history: torch.Tensor | None = None, row: int | None = None) -> int:
+    @torch.inference_mode()
+    def prime(self, history: torch.Tensor) -> Primed:
+        """The state a row has after ``history`` (T, Q) codes: ``admit`` copies it instead of decoding.
+
+        Every utterance in one cloned voice starts from the same reference codes, so
+        a voice's primed state can be kept with its clone prompt (about 5 MB at the
+        real codec's size in float32) instead of decoding the reference per stream.
+        Any ``CodecBatch`` over the same decoder can admit it.
+        """
+        self._reset(self.scratch_row)
+        self.decode_padded(torch.tensor([self.scratch_row], device=self.device), history[None].to(self.device))
+        primed = Primed(tuple(state[self.scratch_row].clone() for state in self._row_states()))
+        self._reset(self.scratch_row)
+        return primed
+
+    @torch.inference_mode()
+    def admit(self, history: torch.Tensor | Primed | None = None, row: int | None = None) -> int:
         """Take a free row for a new stream (``row``: that one, e.g. the stream's decode-batch row).
 
-        ``history`` (T, Q) codes, an in-context clone's reference, are decoded into
-        the row's state; their audio is not emitted.
+        ``history``, an in-context clone's reference as (T, Q) codes or as ``prime``
+        made them, goes into the row's state; its audio is not emitted.
         """
         if not self._free:
             raise RuntimeError("no free codec row")
@@ -172,6 +197,10 @@ class CodecBatch:
         elif row not in self._free:
             raise ValueError(f"codec row {row} is not free")
         self._free.remove(row)
+        if isinstance(history, Primed):
+            for state, primed in zip(self._row_states(), history.states, strict=True):
+                state[row].copy_(primed)
+            return row
         self._reset(row)
         if history is not None and len(history):
             self.decode_padded(torch.tensor([row], device=self.device), history[None].to(self.device))
@@ -208,7 +237,7 @@ class CodecBatch:
 
     @torch.inference_mode()
     def decode_padded(self, rows: torch.Tensor, codes: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
-        """Advance ``rows`` (B,) by ``codes`` (B, T, Q); returns (B, T * 1920) samples on the device.
+        """Advance ``rows`` (B,), distinct but for ``scratch_row``, by ``codes`` (B, T, Q); returns (B, T * 1920) samples on the device.
 
         ``frames`` (B,) gives each row's valid frames (the rest is padding, and so is
         the audio past ``frames_b * 1920``); None means all T. No host syncs; to capture
@@ -340,9 +369,11 @@ class StatefulCodecStream:
     accepted and ignored (the carried state replaces re-decoded context).
     """
 
-    def __init__(self, tts: Any, history: torch.Tensor | None, left_context: int | None = None) -> None:
+    def __init__(self, tts: Any, history: torch.Tensor | Primed | None, left_context: int | None = None) -> None:
         self.batch = CodecBatch(tts.model.speech_tokenizer.model.decoder, rows=1)
-        self.row = self.batch.admit(None if history is None else torch.stack(list(history)))
+        if history is not None and not isinstance(history, Primed):
+            history = torch.stack(list(history))  # CodecStream took a (T, Q) tensor or a list of frames
+        self.row = self.batch.admit(history)
         self._pending: list[torch.Tensor] = []
 
     @property
