@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     add("--engine", choices=("auto", "preview", "qwen"), default="auto", help="auto: Qwen3-TTS when its weights and a GPU are found, else preview")
     add("--design-model", default=Settings.design_model, help="VoiceDesign model: hub id or local directory")
     add("--base-model", default=Settings.base_model, help="Base (clone) model: hub id or local directory")
-    add("--qwen-decode", choices=("auto", "static", "plain"), default="auto", help="auto: static caches + CUDA graphs on a GPU")
+    add("--qwen-decode", choices=("auto", "graphs", "eager"), default="auto", help="auto: the batched step as CUDA graphs on a GPU")
     add("--preview-workers", type=int, help="preview engine worker threads (default: one per core, at most 4)")
     add("--preview-threads", type=int, default=Settings.preview_threads, help="threads per preview worker (default 2)")
     add("--token", help="require this token (default: one generated in the data dir when not on loopback)")

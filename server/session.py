@@ -249,7 +249,7 @@ class Session:
                 "type": "ready",
                 "protocol": PROTOCOL_VERSION,
                 "session": self.id,
-                "engine": {**self.engine.info.as_message(), "state": self.engine.health().get("state", "ready")},
+                "engine": {**self.engine.info.as_message(), **_engine_state(self.engine.health())},
                 "format": self.format,
                 "sample_rate": self.sample_rate,
                 "limits": self.limits.as_message(),
@@ -450,3 +450,9 @@ class Session:
         for upload in list(self.uploads.values()):
             await self._abandon(upload)
         self.outbox.put(None)
+
+
+def _engine_state(health: dict[str, Any]) -> dict[str, Any]:
+    """What ``ready`` says of the engine's health: its state, and its decode rows where it has them."""
+    rows = health.get("rows")
+    return {"state": health.get("state", "ready"), **({"rows": rows} if rows else {})}
