@@ -199,6 +199,7 @@ def engine_figures(engine: Any) -> dict[str, Any]:
 
     steps: dict[str, dict[int, float]] = {}
     total = {"round": 0.0, "step": 0.0, "codec": 0.0, "prefill": 0.0}
+    codecs = {kind: type(runtime.codec).__name__ for kind, runtime in engine.manager.loaded().items()}
     for kind, runtime in engine.manager.loaded().items():
         buckets = {b: list(times) for b, times in runtime.batch.step_s.items() if times}
         steps[kind] = {b: round(1000 * statistics.median(t), 2) for b, t in sorted(buckets.items())}
@@ -208,7 +209,7 @@ def engine_figures(engine: Any) -> dict[str, Any]:
         total["prefill"] += sum(s.prefill_s)
         total["step"] += sum(sum(t) for t in buckets.values())
     busy = total["round"] + total["prefill"]
-    out: dict[str, Any] = {"step_ms": steps}
+    out: dict[str, Any] = {"step_ms": steps, "codec": codecs}
     if busy > 0:
         out["share"] = {
             "step": round(total["step"] / busy, 3),
@@ -279,6 +280,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['starved_ms']:.0f} | {r['utterances']}{' (' + str(r['errors']) + ' errors)' if r['errors'] else ''} | {step or '–'} | {shares} |"
         )
     memory = [r["engine"]["gpu_gib"] for r in rows if (r.get("engine") or {}).get("gpu_gib")]
+    codecs = {kind: name for r in rows for kind, name in ((r.get("engine") or {}).get("codec") or {}).items()}
+    if codecs:
+        lines += ["", "Codec: " + ", ".join(f"{kind} {name}" for kind, name in sorted(codecs.items()))]
     if memory:
         lines += ["", f"GPU memory (GiB) after the last level: {memory[-1]}"]
     return "\n".join(lines)

@@ -265,6 +265,8 @@ def test_rows_are_reused_compacted_and_checked(cases: dict[str, Case]) -> None:
     design, method, kw = cases["short"]
     prompt = _prompt(design, method, kw, GREEDY)
     batch = _batch(design, GREEDY, rows=8)
+    planned = row_bytes(design.model.config.talker_config.to_dict(), torch.float32, batch.max_len, batch.max_text)
+    assert batch.bytes() <= 8 * planned  # the memory plan never counts less than a batch takes
     assert batch.step().shape == (0, 17)
     rows, _ = batch.admit([Admission(prompt, 50) for _ in range(5)])
     assert rows == [0, 1, 2, 3, 4] and batch.free_rows == 3

@@ -147,6 +147,7 @@ class DecodeBatch:
         self._length: dict[int, int] = {}  # active row -> its next write position (a host mirror)
         self._replays: dict[tuple[int, int], Replay] = {}
         self._pool: Any = None
+        self._captured = 0
         self.steps = 0
         self.step_s: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=2048))
         """Recent step times (wall seconds, the copy to the host included) per batch bucket."""
@@ -163,7 +164,8 @@ class DecodeBatch:
 
     @property
     def graph_count(self) -> int:
-        return sum(r.graph is not None for r in self._replays.values())
+        """Step graphs captured (0 without graphs); read from any thread."""
+        return self._captured
 
     def active_rows(self) -> list[int]:
         return sorted(self._length)
@@ -313,6 +315,7 @@ class DecodeBatch:
         if replay is None:
             replay = Replay(lambda: self._step(rows, keys), self.device, graphs=self.graphs, pool=self._pool)
             self._replays[(rows, keys)] = replay
+            self._captured += replay.graph is not None
         return replay
 
     @torch.inference_mode()

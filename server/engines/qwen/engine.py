@@ -84,11 +84,14 @@ class QwenEngine(Engine):
         prefill_positions: int = DEFAULT_PREFILL_POSITIONS,
         decode: str = "auto",
         noise: str = "counter",
+        codec: str = "auto",
     ) -> None:
         """``rows``: decode rows per model at most (the memory plan may give fewer). ``decode``:
         "graphs" captures the batch's step as CUDA graphs, "eager" runs it op by op, "auto" is
         graphs on a GPU. ``noise``: "counter" (per-row counter-based draws, the server's) or
-        "generator" (one torch.Generator per row, in upstream's order: a reference)."""
+        "generator" (one torch.Generator per row, in upstream's order: a reference). ``codec``:
+        "window" (re-decodes 72 frames of left context per chunk), "stateful" (``codec.CodecBatch``),
+        "auto" (stateful where this build has it)."""
         if decode not in ("auto", "graphs", "eager"):
             raise ValueError(f"decode must be auto, graphs or eager, not {decode!r}")
         self.device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -102,7 +105,7 @@ class QwenEngine(Engine):
         self.decode = "graphs" if graphs else "eager"
         self.settings = DecodeSettings(
             generation=dict(generation or {}), max_len=max_len, max_text=max_text, graphs=graphs, noise=noise,
-            left_context=left_context_frames, longest_chunk=chunk_frames[1],
+            codec=codec, left_context=left_context_frames, longest_chunk=chunk_frames[1],
         )  # fmt: skip
         self.rows = rows
         self.prefill_positions = prefill_positions

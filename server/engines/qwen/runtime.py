@@ -12,6 +12,8 @@ serialise each other's kernels.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import logging
 import time
 from collections.abc import Iterator
@@ -20,9 +22,32 @@ from typing import Any
 
 import torch
 
+from ...errors import EngineError
 from .batch import DEFAULT_MAX_LEN, DEFAULT_MAX_TEXT, DecodeBatch, SamplingPlan
 from .prompt import ClonePromptCache, PromptBuilder
 from .window_codec import DEFAULT_LEFT_CONTEXT, RoundCodec, WindowCodec
+
+_STATEFUL_CODEC = f"{__package__}.codec"
+"""Where the batched, stateful streaming codec lives (``CodecBatch``), in builds that have it."""
+
+
+def stateful_codec_available() -> bool:
+    return importlib.util.find_spec(_STATEFUL_CODEC) is not None
+
+
+def make_codec(kind: str, decoder: Any, rows: int, left_context: int) -> RoundCodec:
+    """``window``: today's per-stream windows with left context; ``stateful``: ``codec.CodecBatch``
+    (one row per decode row, every due chunk in one batched pass); ``auto``: stateful where available."""
+    if kind == "auto":
+        kind = "stateful" if stateful_codec_available() else "window"
+    if kind == "window":
+        return WindowCodec(decoder, left_context)
+    if kind != "stateful":
+        raise ValueError(f"codec must be auto, window or stateful, not {kind!r}")
+    if not stateful_codec_available():
+        raise EngineError("this build has no stateful codec (server/engines/qwen/codec.py)")
+    codec: RoundCodec = importlib.import_module(_STATEFUL_CODEC).CodecBatch(decoder, rows)
+    return codec
 
 logger = logging.getLogger("minestream.qwen")
 
@@ -36,6 +61,7 @@ class DecodeSettings:
     max_text: int = DEFAULT_MAX_TEXT
     graphs: bool = True
     noise: str = "counter"
+    codec: str = "auto"
     left_context: int = DEFAULT_LEFT_CONTEXT
     longest_chunk: int = 12
 
@@ -66,8 +92,9 @@ class ModelRuntime:
         started = time.perf_counter()
         with self.context(), torch.inference_mode():
             self.batch.capture()
-            if self.batch.device.type == "cuda" and isinstance(self.codec, WindowCodec):
-                self.codec.warm(settings.left_context + settings.longest_chunk)
+            if self.batch.device.type == "cuda":  # every decode shape once: cuDNN builds a plan per new shape
+                longest = settings.left_context + settings.longest_chunk if isinstance(self.codec, WindowCodec) else settings.longest_chunk
+                getattr(self.codec, "warm", lambda _: None)(longest)
             if self.stream is not None:
                 self.stream.synchronize()
         self.ready_s = time.perf_counter() - started
@@ -80,6 +107,7 @@ class ModelRuntime:
             "max_len": self.batch.max_len,
             "graphs": self.batch.graph_count,
             "steps": self.batch.steps,
+            "codec": type(self.codec).__name__,
         }
 
 
@@ -99,7 +127,8 @@ class RuntimeFactory:
             batch = DecodeBatch(
                 tts, SamplingPlan.from_kwargs(prompts.sampling), rows=rows, max_len=s.max_len, max_text=s.max_text, graphs=s.graphs, noise=s.noise
             )
-        codec = WindowCodec(tts.model.speech_tokenizer.model.decoder, s.left_context)
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            codec = make_codec(s.codec, tts.model.speech_tokenizer.model.decoder, rows, s.left_context)
         runtime = ModelRuntime(kind, tts, batch, codec, prompts, stream)
         runtime.start(s)
         return runtime
