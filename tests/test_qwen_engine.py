@@ -148,8 +148,10 @@ def test_chunks_grow_from_a_small_first_one(qwen_tiny_models) -> None:
     np.testing.assert_allclose(np.concatenate(first), np.concatenate(later), atol=1e-4)
 
 
-def test_concurrent_design_and_clone_streams_equal_their_solo_runs_and_upstream(qwen_tiny_models, upstream) -> None:
-    """A mixed load: three designed voices and two clones at once, each model's streams in one batch."""
+def test_concurrent_design_and_clone_streams_equal_their_solo_runs(qwen_tiny_models) -> None:
+    """A mixed load: three designed voices and two clones at once, each model's streams in one batch.
+
+    Solo runs equal upstream (``test_streamed_audio_equals_upstream``, and the batch tests)."""
     requests = {case: SynthesisRequest(text, voice, language="en") for case, (text, voice) in CASES.items()}
 
     async def body(engine: QwenEngine) -> tuple[dict, dict, dict, dict]:
@@ -163,7 +165,6 @@ def test_concurrent_design_and_clone_streams_equal_their_solo_runs_and_upstream(
         mixed = np.concatenate(together[case])
         assert mixed.shape == (FRAMES * FRAME,)
         np.testing.assert_allclose(mixed, solo[case], atol=1e-4, err_msg=case)
-        np.testing.assert_allclose(mixed, _upstream_audio(upstream, case, FRAMES, GREEDY), atol=1e-4, err_msg=case)
     steps = {kind: after["rows"][kind]["steps"] - before[kind]["steps"] for kind in ("design", "base")}
     # a model's streams share steps: fewer than one step per frame per stream (they joined over a round or two)
     assert steps["design"] < 3 * FRAMES and steps["base"] < 2 * FRAMES

@@ -42,36 +42,10 @@ from .layers import TalkerStack
 from .noise import CounterNoise, GeneratorNoise
 from .predictor import CodePredictor
 from .prompt import Prompt
-from .sampling import Penalties, Settings, choose, penalize
+from .sampling import Penalties, SamplingPlan, Settings, choose, penalize
 
 DEFAULT_MAX_LEN = 2048  # prompt + frames per row: 1.7B keeps ~235 MB of bf16 keys and values per row
 DEFAULT_MAX_TEXT = 512  # trailing text positions per row
-
-
-@dataclass(frozen=True)
-class SamplingPlan:
-    """Which parts of the sampler the batch's graphs contain (every row of a model shares the config)."""
-
-    talker_draws: bool
-    predictor_draws: bool
-    talker_top_p: bool
-    predictor_top_p: bool
-
-    @classmethod
-    def from_kwargs(cls, kw: dict[str, Any]) -> SamplingPlan:
-        def top_p(sample: Any, p: Any) -> bool:
-            return bool(sample) and p is not None and float(p) < 1.0
-
-        return cls(
-            talker_draws=bool(kw.get("do_sample")),
-            predictor_draws=bool(kw.get("subtalker_dosample")),
-            talker_top_p=top_p(kw.get("do_sample"), kw.get("top_p")),
-            predictor_top_p=top_p(kw.get("subtalker_dosample"), kw.get("subtalker_top_p")),
-        )
-
-    def covers(self, kw: dict[str, Any]) -> bool:
-        other = SamplingPlan.from_kwargs(kw)
-        return all(not getattr(other, k) or getattr(self, k) for k in ("talker_draws", "predictor_draws", "talker_top_p", "predictor_top_p"))
 
 
 @dataclass(frozen=True)

@@ -180,9 +180,12 @@ class QwenEngine(Engine):
         )
         self._schedulers[job.kind].submit(job)
         self.recent_jobs.append(job.marks)
-        async for item in job.mailbox:  # closing it (cancel, disconnect) drops the stream before its next step
-            if item.size:
-                yield item
+        try:
+            async for item in job.mailbox:
+                if item.size:
+                    yield item
+        finally:
+            job.mailbox.close()  # at once on cancel or disconnect: the scheduler drops the stream before its next step
 
     # -- designed voices ---------------------------------------------------
 

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from ...errors import EngineError
-from .batch import DEFAULT_MAX_LEN, DEFAULT_MAX_TEXT, DecodeBatch, SamplingPlan
+from .batch import DEFAULT_MAX_LEN, DEFAULT_MAX_TEXT, DecodeBatch
 from .prompt import ClonePromptCache, PromptBuilder
+from .sampling import SamplingPlan
 from .window_codec import DEFAULT_LEFT_CONTEXT, RoundCodec, WindowCodec
 
 _STATEFUL_CODEC = f"{__package__}.codec"

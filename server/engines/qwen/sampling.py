@@ -29,6 +29,32 @@ import torch
 _NEG_INF = float("-inf")
 
 
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Which parts of the sampler the batch's graphs contain (every row of a model shares the config)."""
+
+    talker_draws: bool
+    predictor_draws: bool
+    talker_top_p: bool
+    predictor_top_p: bool
+
+    @classmethod
+    def from_kwargs(cls, kw: dict[str, Any]) -> SamplingPlan:
+        def top_p(sample: Any, p: Any) -> bool:
+            return bool(sample) and p is not None and float(p) < 1.0
+
+        return cls(
+            talker_draws=bool(kw.get("do_sample")),
+            predictor_draws=bool(kw.get("subtalker_dosample")),
+            talker_top_p=top_p(kw.get("do_sample"), kw.get("top_p")),
+            predictor_top_p=top_p(kw.get("subtalker_dosample"), kw.get("subtalker_top_p")),
+        )
+
+    def covers(self, kw: dict[str, Any]) -> bool:
+        other = SamplingPlan.from_kwargs(kw)
+        return all(not getattr(other, k) or getattr(self, k) for k in ("talker_draws", "predictor_draws", "talker_top_p", "predictor_top_p"))
+
+
 @dataclass
 class Settings:
     """One side's sampling settings per row (the talker's first codebook, or the code predictor)."""
