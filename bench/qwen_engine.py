@@ -7,23 +7,24 @@
         --runners engine,upstream,faster --results bench/RESULTS.md   # GPU, side by side
     python -m bench.qwen_engine --merge OUT.md --results bench/RESULTS.md  # fold a GPU run's table in
 
-Measures the engine alone (no server, no network): TTFA is ``synthesize`` to
-its first chunk; a step is one scheduler round (every live stream advanced one
-80 ms frame); RTF is a stream's wall time over its audio duration. ``--random``
-builds random-weight models of the real architecture (``bench.qwen_models``)
-and runs every runner on the same two dirs (``bench.qwen_compare``).
+Measures the engine alone (no server, no network): N streams start at once,
+one utterance each. TTFA is ``synthesize`` to its first chunk; a step is one
+decode step of the model's batch (every live stream advanced one 80 ms frame
+in one pass; the median of the steps at the level's batch bucket); RTF is a
+stream's wall time over its audio duration. ``--random`` builds random-weight
+models of the real architecture (``bench.qwen_models``) and runs every runner
+on the same two dirs (``bench.qwen_compare``). The closed-loop load mode (audio
+per second, TTFA percentiles, underruns) is ``bench.qwen_load``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,33 +32,12 @@ import torch
 
 from server.engines.base import SAMPLE_RATE, Reference, SynthesisRequest, Voice
 from server.engines.qwen.engine import QwenEngine
-from server.engines.qwen.stream import Talker
+from server.engines.qwen.graphs import bucket
 
 from . import qwen_compare as compare
 from .qwen_compare import INSTRUCT, TEXT
 
 RUNNERS = ("engine", "upstream", "faster")
-
-
-@contextlib.contextmanager
-def _instrument() -> Iterator[list[tuple[int, float]]]:
-    """Time every scheduler round: (streams in it, seconds)."""
-    rounds: list[tuple[int, float]] = []
-    step = Talker.step
-    cuda = torch.cuda.is_available()
-
-    def timed(self: Talker, states: list) -> None:
-        started = time.perf_counter()
-        step(self, states)
-        if cuda:  # kernels are queued, not done, when step returns
-            torch.cuda.synchronize()
-        rounds.append((len(states), time.perf_counter() - started))
-
-    Talker.step = timed  # type: ignore[method-assign]
-    try:
-        yield rounds
-    finally:
-        Talker.step = step  # type: ignore[method-assign]
 
 
 async def _one(engine: QwenEngine, voice: Voice) -> dict[str, float]:
@@ -86,11 +66,21 @@ def _phases(jobs: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-async def _level(engine: QwenEngine, voice: Voice, n: int, rounds: list) -> dict[str, Any]:
-    rounds.clear()
+def _step_times(engine: QwenEngine, kind: str, n: int) -> list[float]:
+    """The steps the level's batch took at its bucket (all of them if none was that wide)."""
+    assert engine.manager is not None, "start() made the manager"
+    batch = engine.manager.loaded()[kind].batch
+    wanted = batch.step_s.get(bucket(batch.batch_buckets, n))
+    return list(wanted) if wanted else [t for times in batch.step_s.values() for t in times]
+
+
+async def _level(engine: QwenEngine, kind: str, voice: Voice, n: int) -> dict[str, Any]:
+    assert engine.manager is not None, "start() made the manager"
+    for runtime in engine.manager.loaded().values():
+        runtime.batch.step_s.clear()
     engine.recent_jobs.clear()
     results = await asyncio.gather(*(_one(engine, voice) for _ in range(n)))
-    full = [dt for width, dt in rounds if width == n] or [dt for _, dt in rounds]
+    full = _step_times(engine, "design" if kind == "design" else "base", n)
     return {
         "phases_ms": _phases(list(engine.recent_jobs)),
         "streams": n,
@@ -104,21 +94,20 @@ async def _level(engine: QwenEngine, voice: Voice, n: int, rounds: list) -> dict
     }
 
 
-def _suppress_eos(engine: QwenEngine) -> None:
+def suppress_engine_eos(engine: QwenEngine) -> None:
     """Patch every model the engine holds, and any it loads later (a swap reloads)."""
     manager = engine.manager
     assert manager is not None, "start() made the manager"
-    for slot in manager._slots.values():
-        if slot.model is not None:
-            compare.suppress_eos(slot.model)
-    load = manager._loader
+    for runtime in manager.loaded().values():
+        compare.suppress_eos(runtime.tts)
+    load = manager.loader
 
     def loader(source: str) -> Any:
         tts = load(source)
         compare.suppress_eos(tts)
         return tts
 
-    manager._loader = loader
+    manager.loader = loader
 
 
 def _voices(kinds: list[str]) -> list[tuple[str, Voice]]:
@@ -140,18 +129,17 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     await engine.start()
     if args.suppress_eos:
-        _suppress_eos(engine)
+        suppress_engine_eos(engine)
     rows = []
     try:
-        with _instrument() as rounds:
-            for kind, voice in _voices(args.voices):
-                await _one(engine, voice)  # warm-up: first-call allocations, prompt cache
-                for first in args.first_chunk:
-                    engine.chunk_frames = (first, engine.chunk_frames[1])
-                    runner = f"engine ({engine.health()['decode']}, first chunk {first})"
-                    for n in args.streams:
-                        rows.append(row := {"runner": runner, "voice": kind, **await _level(engine, voice, n, rounds)})
-                        print("row", json.dumps(row), flush=True)
+        for kind, voice in _voices(args.voices):
+            await _one(engine, voice)  # warm-up: first-call allocations, prompt cache
+            for first in args.first_chunk:
+                engine.chunk_frames = (first, engine.chunk_frames[1])
+                runner = f"engine ({engine.decode}, first chunk {first})"
+                for n in args.streams:
+                    rows.append(row := {"runner": runner, "voice": kind, **await _level(engine, kind, voice, n)})
+                    print("row", json.dumps(row), flush=True)
     finally:
         await engine.close()
     return rows
@@ -201,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--suppress-eos", action="store_true", help="no stream ends before --frames")
     parser.add_argument("--voices", nargs="+", default=["design", "clone"], help="design,clone")
     parser.add_argument("--runners", nargs="+", default=["engine"], help=f"any of {','.join(RUNNERS)}")
-    parser.add_argument("--decode", default="auto", choices=["auto", "static", "plain"], help="the engine's talker path")
+    parser.add_argument("--decode", default="auto", choices=["auto", "graphs", "eager"], help="the batch's step: CUDA graphs or op by op")
     parser.add_argument("--first-chunk", nargs="+", default=["4"], help="frames in the first chunk; e.g. 4,2 runs both")
     parser.add_argument("--results", type=Path, help="update the GPU section of this Markdown file")
     parser.add_argument("--merge", type=Path, nargs="*", help="only fold these files' tables into --results")

@@ -91,7 +91,7 @@ def _parser() -> _Options:
     )
     add("--design-model", default=Settings.design_model, help="VoiceDesign model: hub id or local directory")
     add("--base-model", default=Settings.base_model, help="Base (clone) model: hub id or local directory")
-    add("--qwen-decode", choices=("auto", "static", "plain"), default="auto", help="auto: static caches + CUDA graphs on a GPU")
+    add("--qwen-decode", choices=("auto", "graphs", "eager"), default="auto", help="auto: the batched step as CUDA graphs on a GPU")
     add("--preview-workers", type=int, help="preview engine worker threads (default: one per core, at most 4)")
     add("--preview-threads", type=int, default=Settings.preview_threads, help="threads per preview worker")
     add("--database-url", help="voice library database, e.g. postgresql+asyncpg://user:pass@host/db (default: SQLite in the data dir)")

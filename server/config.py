@@ -60,7 +60,7 @@ class Settings:
     design_model: str = "Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign"
     base_model: str = "Qwen/Qwen3-TTS-12Hz-1.7B-Base"
     qwen_decode: str = "auto"
-    """Qwen talker path: static caches + CUDA graphs ("static"), upstream's modules ("plain"), or by device."""
+    """Qwen decode step: CUDA graphs ("graphs"), op by op ("eager"), or by device ("auto": graphs on a GPU)."""
     preview_workers: int | None = None
     preview_threads: int = 2
     """Threads per Piper instance: 2 halves a lone sentence's latency on 2 cores; 1 is leaner under heavy load."""

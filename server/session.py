@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from . import metrics
 from .config import Limits
@@ -151,7 +152,7 @@ class Session:
             self._check_token = None
         self._admit(self)
         self._ready = True
-        engine = {**self.engine.info.as_message(), "state": self.engine.health().get("state", "ready")}
+        engine = {**self.engine.info.as_message(), **_engine_state(self.engine.health())}
         self.connection.send(Ready(self.id, engine, hello.format, hello.sample_rate, self.limits.as_message()))
 
     async def close(self) -> None:
@@ -159,3 +160,9 @@ class Session:
         await self.utterances.close()
         await self.uploads.close()
         self.outbox.close()
+
+
+def _engine_state(health: dict[str, Any]) -> dict[str, Any]:
+    """What ``ready`` says of the engine's health: its state, and its decode rows where it has them."""
+    rows = health.get("rows")
+    return {"state": health.get("state", "ready"), **({"rows": rows} if rows else {})}

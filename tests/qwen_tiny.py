@@ -17,12 +17,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.qwen_models import TINY_MAX_NEW_TOKENS, build_models
 
-__all__ = ["TINY_MAX_NEW_TOKENS", "build_models", "build_tiny_models", "qwen_tiny_models"]
+__all__ = ["TINY_MAX_NEW_TOKENS", "build_models", "build_tiny_models", "qwen_tiny_models", "upstream_generate"]
 
 
 def build_tiny_models(root: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -36,6 +37,27 @@ def qwen_tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     cached = os.environ.get("QWEN_TINY_DIR")
     root = Path(cached) if cached else tmp_path_factory.mktemp("qwen-tiny")
     return build_tiny_models(root)
+
+
+def upstream_generate(tts: Any, method: str, **kwargs: Any) -> tuple[Any, Any]:
+    """(codes (T, 16), one-shot audio) of upstream's own ``tts.<method>(**kwargs)``: its talker loop, its decode.
+
+    The codes are what ``generate_*`` hands its codec (recorded on the way, not recomputed).
+    """
+    original = tts.model.generate
+    results: list[Any] = []
+
+    def recording(*args: Any, **kw: Any) -> Any:
+        results.append(original(*args, **kw))
+        return results[-1]
+
+    tts.model.generate = recording
+    try:
+        wavs, _ = getattr(tts, method)(**kwargs)
+    finally:
+        del tts.model.generate
+    codes_list, _ = results[0]
+    return codes_list[0], wavs[0]
 
 
 if __name__ == "__main__":

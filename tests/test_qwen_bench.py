@@ -1,9 +1,10 @@
-"""The GPU benchmark's length control, on the tiny models: ``--suppress-eos`` fixes every stream at N frames."""
+"""The Qwen benchmarks on the tiny models: ``--suppress-eos`` fixes every stream at N frames; the load mode's figures."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from bench import qwen_compare as compare  # noqa: E402
-from bench import qwen_engine  # noqa: E402
+from bench import qwen_engine, qwen_load  # noqa: E402
 from server.engines.qwen.manager import ModelManager  # noqa: E402
 from tests import qwen_tiny  # noqa: E402
 
@@ -55,7 +56,7 @@ def test_suppress_eos_fixes_engine_length(qwen_tiny_models: tuple[Path, Path], m
     def rows(suppress: bool) -> list[dict[str, Any]]:
         args = argparse.Namespace(
             design_model=design, base_model=base, device="cpu", dtype=None, frames=FRAMES,
-            suppress_eos=suppress, voices=["design", "clone"], streams=[1, 2], decode="static", first_chunk=[2],
+            suppress_eos=suppress, voices=["design", "clone"], streams=[1, 2], decode="eager", first_chunk=[2],
         )  # fmt: skip
         return asyncio.run(qwen_engine.run(args))
 
@@ -82,3 +83,19 @@ def test_results_section_is_replaced_in_place(tmp_path: Path) -> None:
     merged.write_text("## Other\n\nx\n")
     assert compare.merge_blocks(doc, merged) == ["1.7b-cuda", "0.6b-cuda"]
     assert merged.read_text().count("<!-- /qwen-gpu:") == 2
+
+
+def test_load_mode_reports_every_level(qwen_tiny_models: tuple[Path, Path], tmp_path: Path) -> None:
+    """The closed loop, a mixed level included: audio flows, every figure is there, files are written."""
+    design, base = map(str, qwen_tiny_models)
+    argv = ["--design-model", design, "--base-model", base, "--levels", "design:1", "mixed:1+1", "--frames", "8",
+            "--suppress-eos", "--warmup", "0.5", "--window", "2", "--out", str(tmp_path)]  # fmt: skip
+    rows = qwen_load.main(argv)
+    assert [(r["level"], r["streams"]) for r in rows] == [("design 1", 1), ("mixed 1+1", 2)]
+    for r in rows:
+        assert r["audio_per_s"] > 0 and r["utterances"] >= r["streams"] and not r["errors"]
+        assert r["ttfa_ms"]["p50"] > 0 and r["x_real_time_p50"] > 0 and r["audio_s_per_utterance"] == 8 * 0.08
+        assert r["underruns"] >= 0 and set(r["engine"]["share"]) == {"step", "codec", "prefill", "host"}
+    assert set(rows[1]["engine"]["step_ms"]) == {"design", "base"}  # both models stepped in the mixed level
+    assert "| mixed 1+1 | 2 |" in (tmp_path / "load.md").read_text()
+    assert len(json.loads((tmp_path / "load.json").read_text())["rows"]) == 2

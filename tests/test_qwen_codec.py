@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 from bench.qwen_codec import full_scale_residuals, random_decoder  # noqa: E402
 from server.engines.qwen import compat  # noqa: E402
 from server.engines.qwen.codec import CodecBatch, StatefulCodecStream  # noqa: E402
-from server.engines.qwen.stream import CodecStream  # noqa: E402
+from server.engines.qwen.window_codec import CodecStream  # noqa: E402
 from tests import qwen_tiny  # noqa: E402
 
 qwen_tiny_models = qwen_tiny.qwen_tiny_models
@@ -207,7 +207,7 @@ def test_a_primed_voice_admits_streams_without_decoding_its_reference(loud_decod
 def test_stateful_codec_stream_is_a_drop_in_for_codec_stream(tts: Any, ref_code: torch.Tensor, history: bool) -> None:
     prefix = ref_code if history else None
     frames = list(_codes(90, seed=5))
-    new, old = StatefulCodecStream(tts, prefix, 72), CodecStream(tts, prefix)
+    new, old = StatefulCodecStream(tts, prefix, 72), CodecStream(tts.model.speech_tokenizer.model.decoder, prefix)
     assert new.pending == old.pending == 0
     assert new.flush().shape == old.flush().shape == (0,)
     got, want, done = [], [], 0

@@ -1,10 +1,13 @@
-"""QwenEngine on tiny random-weight models of the real architecture (CPU, offline)."""
+"""QwenEngine on tiny random-weight models of the real architecture (CPU, offline).
+
+The engine's own threads, scheduler, batch and codec, against upstream's one-shot calls.
+The decode batch itself (rows, parity, sampling) is tested in ``test_qwen_batch.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,10 @@ pytest.importorskip("transformers")
 
 from server.engines.base import SAMPLE_RATE, Reference, SynthesisRequest, Voice  # noqa: E402
 from server.engines.qwen import compat, qwen_weights_available  # noqa: E402
-from server.engines.qwen.engine import QwenEngine, split_long  # noqa: E402
-from server.engines.qwen.graphs import StaticTalker  # noqa: E402
-from server.engines.qwen.stream import CodecStream, StreamState, Talker, capture_prompt  # noqa: E402
+from server.engines.qwen.engine import QwenEngine  # noqa: E402
+from server.errors import EngineError  # noqa: E402
+from server.speech import LeadInTrim, Utterance, speak_audio  # noqa: E402
+from server.text import split_sentences  # noqa: E402
 from tests import qwen_tiny  # noqa: E402
 
 qwen_tiny_models = qwen_tiny.qwen_tiny_models  # the session fixture (conftest may import it too)
@@ -29,7 +33,7 @@ GREEDY = {"do_sample": False, "subtalker_dosample": False}
 SAMPLED = {"do_sample": True, "subtalker_dosample": True}
 FRAMES = 16  # tiny random models never say EOS: every stream runs to the cap
 # CI runs these on CPU; on a GPU machine, MINESTREAM_QWEN_DEVICE=cuda:0 runs the same checks with
-# the CUDA graphs captured (float32, so upstream's codes are still reproducible bit for bit).
+# the step graphs captured (float32, so upstream's codes are still reproducible bit for bit).
 DEVICE = os.environ.get("MINESTREAM_QWEN_DEVICE", "cpu")
 torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions alone differ from upstream by ~1e-3
 
@@ -67,24 +71,6 @@ async def collect(engine: QwenEngine, request: SynthesisRequest) -> list[np.ndar
     return [chunk async for chunk in engine.synthesize(request)]
 
 
-def _streamed(tts: Any, method: str, chunk: int, talker: Talker, **kwargs: Any) -> tuple[torch.Tensor, np.ndarray]:
-    """The engine's decode path (prefill, steps, incremental codec) without threads."""
-    prompt = capture_prompt(tts, method, **kwargs)
-    state = StreamState(prompt, max_frames=kwargs["max_new_tokens"] - 1)
-    codec = CodecStream(tts, prompt.ref_code)
-    talker.prefill(state)
-    audio = []
-    while not state.done:
-        before = len(state.frames)
-        talker.step([state])
-        codec.push(state.frames[before:])
-        if codec.pending >= chunk:
-            audio.append(codec.flush())
-    audio.append(codec.flush())
-    talker.release(state)
-    return torch.stack(state.frames), np.concatenate(audio)
-
-
 def test_tiny_models_load_and_speak_through_upstream(upstream: tuple[Any, Any]) -> None:
     design, base = upstream
     assert design.model.tts_model_type == "voice_design" and base.model.tts_model_type == "base"
@@ -100,127 +86,133 @@ def test_tiny_models_load_and_speak_through_upstream(upstream: tuple[Any, Any]) 
     assert wavs[0].shape == (n * FRAME,)
 
 
-@pytest.mark.parametrize("decode", ["plain", "static"])
+# (text, voice) per case; the clone references are the same audio, with and without its text.
+CASES = {
+    "design": ("Hello world. How are you?", Voice(design="a calm low voice")),
+    "design-2": ("The quick brown fox jumps.", Voice(design="a bright young voice")),
+    "design-3": ("One more sentence, with a comma.", Voice(design="an old man")),
+    "xvec": ("Hello world.", Voice(reference=Reference(_ref_audio(), key="ref-x"))),
+    "icl": ("Hello world.", Voice(reference=Reference(_ref_audio(), text="The quick fox.", key="ref-i"))),
+}
+
+
+def _upstream_audio(upstream: tuple[Any, Any], case: str, frames: int, sampling: dict[str, Any]) -> np.ndarray:
+    """Upstream's one-shot generate_* for a case: its talker loop, then one decode of all its codes."""
+    text, voice = CASES[case]
+    kw: dict[str, Any] = {"max_new_tokens": frames + 1, **sampling}
+    if voice.reference is None:
+        wavs, _ = upstream[0].generate_voice_design(text, instruct=voice.design, language="English", **kw)
+    else:
+        ref = voice.reference
+        wavs, _ = upstream[1].generate_voice_clone(
+            text, language="English", ref_audio=(ref.audio, SAMPLE_RATE), ref_text=ref.text, x_vector_only_mode=ref.text is None, **kw
+        )
+    return np.asarray(wavs[0])
+
+
 @pytest.mark.parametrize(
     "case,sampling",
     [("design", GREEDY), ("design", SAMPLED), ("xvec", SAMPLED), ("icl", GREEDY), ("icl", SAMPLED)],
 )
-def test_streamed_codes_and_audio_match_upstream(upstream: tuple[Any, Any], case: str, sampling: dict, decode: str) -> None:
-    """Both talkers; the static one runs the functions a GPU captures as CUDA graphs, eagerly."""
-    design, base = upstream
-    kw: dict[str, Any] = {"max_new_tokens": 13, **sampling}
-    if case == "design":
-        tts, method = design, "generate_voice_design"
-        kw.update(text="Hello world. How are you?", instruct="a calm low voice", language="English")
-        ids = design._tokenize_texts([design._build_assistant_text(kw["text"])])
-        extra = {"instruct_ids": [design._tokenize_texts([design._build_instruct_text(kw["instruct"])])[0]]}
-        upstream_gen = dict(input_ids=ids, languages=["English"], non_streaming_mode=True, **extra)
-    else:
-        tts, method = base, "generate_voice_clone"
-        text = "The quick fox." if case == "icl" else None
-        items = base.create_voice_clone_prompt(ref_audio=(_ref_audio(), SAMPLE_RATE), ref_text=text, x_vector_only_mode=text is None)
-        kw.update(text="Hello world.", language="Auto", voice_clone_prompt=items)
-        ref_ids = [base._tokenize_texts([base._build_ref_text(text)])[0] if text else None]
-        upstream_gen = dict(
-            input_ids=base._tokenize_texts([base._build_assistant_text(kw["text"])]),
-            ref_ids=ref_ids,
-            voice_clone_prompt=base._prompt_items_to_voice_clone_prompt(items),
-            languages=["Auto"],
-            non_streaming_mode=False,
-        )
+def test_streamed_audio_equals_upstream(qwen_tiny_models, upstream: tuple[Any, Any], case: str, sampling: dict) -> None:
+    """Prompt, batch, chunked codec and the scheduler's thread against upstream's one-shot call.
+
+    Sampled cases draw from torch's default generator in upstream's order (``noise="generator"``),
+    so the same seed gives upstream's codes; audio within 1e-4 means every code is equal and
+    every chunk seam is exact.
+    """
+    text, voice = CASES[case]
+    frames = 12
+
+    async def body(engine: QwenEngine) -> list[np.ndarray]:
+        torch.manual_seed(11)
+        return await collect(engine, SynthesisRequest(text, voice, language="en"))
+
+    chunks = run_engine(qwen_tiny_models, body, generation={**sampling, "max_new_tokens": frames + 1}, noise="generator")
     torch.manual_seed(11)
-    talker = Talker(tts) if decode == "plain" else StaticTalker(tts, graphs=False, max_len=256)
-    codes, audio = _streamed(tts, method, 4, talker, **kw)
-    torch.manual_seed(11)
-    expected_codes, _ = tts.model.generate(**upstream_gen, **tts._merge_generate_kwargs(**sampling, max_new_tokens=13))
-    torch.manual_seed(11)
-    expected_wavs, _ = getattr(tts, method)(**kw)
-    assert torch.equal(codes, expected_codes[0])
-    assert audio.shape == expected_wavs[0].shape == (12 * FRAME,)
-    np.testing.assert_allclose(audio, expected_wavs[0], atol=1e-4)
+    expected = _upstream_audio(upstream, case, frames, sampling)
+    assert [len(c) // FRAME for c in chunks] == [2, 4, 6]
+    assert expected.shape == (frames * FRAME,)
+    np.testing.assert_allclose(np.concatenate(chunks), expected, atol=1e-4)
 
 
-def test_stream_without_a_slot_falls_back_to_plain_decoding(upstream: tuple[Any, Any]) -> None:
-    """A slot too big to allocate (as when GPU memory runs out) costs speed, not the stream."""
-    design, _ = upstream
-    kw: dict[str, Any] = {"max_new_tokens": 9, **GREEDY, "text": "Hello.", "instruct": "calm", "language": "English"}
-    talker = StaticTalker(design, graphs=False, max_len=1 << 42)
-    codes, audio = _streamed(design, "generate_voice_design", 4, talker, **kw)
-    expected, _ = _streamed(design, "generate_voice_design", 4, Talker(design), **kw)
-    assert talker.slots == [] and torch.equal(codes, expected) and audio.shape == (8 * FRAME,)
-
-
-@pytest.mark.parametrize("decode", ["plain", "static"])
-def test_engine_stream_equals_upstream_and_chunks_grow(qwen_tiny_models, upstream, decode: str) -> None:
-    design, base = upstream
-    text, description = "Hello world.", "a bright voice"
+def test_chunks_grow_from_a_small_first_one(qwen_tiny_models) -> None:
+    text, voice = CASES["design"]
 
     async def body(engine: QwenEngine) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        first = await collect(engine, SynthesisRequest(text, Voice(design=description), language="en"))
-        later = await collect(engine, SynthesisRequest(text, Voice(design=description), language="en", first=False))
+        first = await collect(engine, SynthesisRequest(text, voice, language="en"))
+        later = await collect(engine, SynthesisRequest(text, voice, language="en", first=False))
         return first, later
 
-    first, later = run_engine(qwen_tiny_models, body, decode=decode)
+    first, later = run_engine(qwen_tiny_models, body)
     assert [len(c) // FRAME for c in first] == [2, 4, 8, 2]  # a small first chunk, doubling up to 12
     assert [len(c) // FRAME for c in later] == [12, 4]
-    wavs, _ = design.generate_voice_design(text, instruct=description, language="English", max_new_tokens=FRAMES + 1, **GREEDY)
-    np.testing.assert_allclose(np.concatenate(first), wavs[0], atol=1e-4)
-    np.testing.assert_allclose(np.concatenate(later), wavs[0], atol=1e-4)
+    np.testing.assert_allclose(np.concatenate(first), np.concatenate(later), atol=1e-4)
 
 
-@pytest.mark.parametrize("decode", ["plain", "static"])
-def test_concurrent_streams_interleave_without_crosstalk(qwen_tiny_models, decode: str) -> None:
-    requests = [
-        SynthesisRequest("Hello world.", Voice(design="calm")),
-        SynthesisRequest("A different sentence here.", Voice(design="excited")),
-        SynthesisRequest("Cloned speech.", Voice(reference=Reference(_ref_audio(), text="The fox."))),
-    ]
+def test_concurrent_design_and_clone_streams_equal_their_solo_runs(qwen_tiny_models) -> None:
+    """A mixed load: three designed voices and two clones at once, each model's streams in one batch.
 
-    async def body(engine: QwenEngine) -> tuple[list, list, dict]:
-        solo = [np.concatenate(await collect(engine, r)) for r in requests]
-        together = await asyncio.gather(*(collect(engine, r) for r in requests))
-        return solo, [np.concatenate(c) for c in together], engine.health()
+    Solo runs equal upstream (``test_streamed_audio_equals_upstream``, and the batch tests)."""
+    requests = {case: SynthesisRequest(text, voice, language="en") for case, (text, voice) in CASES.items()}
 
-    solo, together, health = run_engine(qwen_tiny_models, body, decode=decode)
-    for alone, mixed in zip(solo, together, strict=True):
+    async def body(engine: QwenEngine) -> tuple[dict, dict, dict, dict]:
+        solo = {case: np.concatenate(await collect(engine, r)) for case, r in requests.items()}
+        before = engine.health()["rows"]
+        together = await asyncio.gather(*(collect(engine, r) for r in requests.values()))
+        return solo, dict(zip(requests, together, strict=True)), before, engine.health()
+
+    solo, together, before, after = run_engine(qwen_tiny_models, body)
+    for case in CASES:
+        mixed = np.concatenate(together[case])
         assert mixed.shape == (FRAMES * FRAME,)
+        np.testing.assert_allclose(mixed, solo[case], atol=1e-4, err_msg=case)
+    steps = {kind: after["rows"][kind]["steps"] - before[kind]["steps"] for kind in ("design", "base")}
+    # a model's streams share steps: fewer than one step per frame per stream (they joined over a round or two)
+    assert steps["design"] < 3 * FRAMES and steps["base"] < 2 * FRAMES
+    assert all(r["rows_in_use"] == 0 for r in after["rows"].values())
+    assert after["active_streams"] == 0 and after["queue_depth"] == 0
+
+
+def test_a_full_batch_queues_streams_and_serves_them_as_rows_free(qwen_tiny_models) -> None:
+    texts = ["Hello world.", "A second stream.", "The third one.", "Four streams now.", "And a fifth."]
+    requests = [SynthesisRequest(t, Voice(design="calm"), owner=f"session-{i}") for i, t in enumerate(texts)]
+
+    async def body(engine: QwenEngine) -> tuple[list, list, int, int]:
+        solo = [np.concatenate(await collect(engine, r)) for r in requests]
+        seen_rows, seen_queue = 0, 0
+        task = asyncio.gather(*(collect(engine, r) for r in requests))
+        while not task.done():
+            health = engine.health()
+            seen_rows = max(seen_rows, health["rows"]["design"]["rows_in_use"])
+            seen_queue = max(seen_queue, health["queue_depth"])
+            await asyncio.sleep(0.01)
+        return solo, [np.concatenate(c) for c in await task], seen_rows, seen_queue
+
+    solo, together, seen_rows, seen_queue = run_engine(qwen_tiny_models, body, rows=2)
+    assert seen_rows == 2 and seen_queue >= 1
+    for alone, mixed in zip(solo, together, strict=True):
         np.testing.assert_allclose(mixed, alone, atol=1e-4)
-    if decode == "static":  # two design streams at once took two slots; every slot came back
-        slots = health["static_slots"]
-        assert slots["design"]["made"] == 2 and slots["base"]["made"] == 1
-        assert slots["design"]["in_use"] == slots["base"]["in_use"] == 0
-    else:
-        assert health["static_slots"] == {}
 
 
-@pytest.mark.parametrize("decode", ["plain", "static"])
-def test_cancel_stops_within_one_step(qwen_tiny_models, monkeypatch, decode: str) -> None:
-    steps: list[float] = []
-    original = Talker.step
-
-    def counting(self: Talker, states: list) -> None:
-        steps.append(time.monotonic())
-        original(self, states)
-
-    monkeypatch.setattr(Talker, "step", counting)
-
+def test_cancel_stops_within_one_step(qwen_tiny_models) -> None:
     async def body(engine: QwenEngine) -> tuple[int, dict]:
         stream = engine.synthesize(SynthesisRequest("Hello world.", Voice(design="calm")))
         await stream.__anext__()
         await stream.aclose()
-        cancelled_at = len(steps)
+        cancelled_at = engine.health()["rows"]["design"]["steps"]
         await asyncio.sleep(0.3)
-        return len(steps) - cancelled_at, engine.health()
+        health = engine.health()
+        return health["rows"]["design"]["steps"] - cancelled_at, health
 
-    kw = {"generation": {**GREEDY, "max_new_tokens": 2000}, "max_frames": 1000, "decode": decode}
+    kw = {"generation": {**GREEDY, "max_new_tokens": 2000}, "max_frames": 1000}
     extra, health = run_engine(qwen_tiny_models, body, **kw)
     assert extra <= 1
     assert health["active_streams"] == 0 and health["queue_depth"] == 0
-    assert all(s["in_use"] == 0 for s in health["static_slots"].values())
+    assert all(r["rows_in_use"] == 0 for r in health["rows"].values())
 
 
-@pytest.mark.parametrize("decode", ["plain", "static"])
-def test_disconnect_frees_the_stream(qwen_tiny_models, decode: str) -> None:
+def test_disconnect_frees_the_row(qwen_tiny_models) -> None:
     async def body(engine: QwenEngine) -> tuple[dict, int]:
         async def consume() -> None:
             async for _ in engine.synthesize(SynthesisRequest("Hello world.", Voice(design="calm"))):
@@ -237,11 +229,22 @@ def test_disconnect_frees_the_stream(qwen_tiny_models, decode: str) -> None:
         after = await collect(engine, SynthesisRequest("Next.", Voice(design="calm")))
         return health, sum(len(c) for c in after)
 
-    kw = {"generation": {**GREEDY, "max_new_tokens": 2000}, "max_frames": 1000, "decode": decode}
+    kw = {"generation": {**GREEDY, "max_new_tokens": 2000}, "max_frames": 1000, "rows": 1}
     health, samples = run_engine(qwen_tiny_models, body, **kw)
-    assert health["active_streams"] == 0
-    assert all(s["in_use"] == 0 for s in health["static_slots"].values())
-    assert samples == (40 + 5 * len("Next.")) * FRAME
+    assert health["active_streams"] == 0 and health["rows"]["design"]["rows_in_use"] == 0
+    assert samples == (40 + 5 * len("Next.")) * FRAME  # the only row served the next stream
+
+
+def test_a_prompt_too_long_for_a_row_fails_clearly_and_harms_nothing(qwen_tiny_models) -> None:
+    async def body(engine: QwenEngine) -> tuple[str, int]:
+        long = engine.synthesize(SynthesisRequest("A sentence that is far too long for a row of sixty-four. " * 3, Voice(design="calm")))
+        short = asyncio.ensure_future(collect(engine, SynthesisRequest("Hi.", Voice(design="calm"))))
+        with pytest.raises(EngineError) as failed:
+            await long.__anext__()
+        return str(failed.value), sum(len(c) for c in await short)
+
+    message, samples = run_engine(qwen_tiny_models, body, max_len=64)
+    assert "positions" in message and samples == FRAMES * FRAME
 
 
 def test_clone_prompt_cached_in_memory_and_on_disk(qwen_tiny_models, tmp_path, monkeypatch) -> None:
@@ -311,31 +314,36 @@ def test_both_models_resident_when_they_fit(qwen_tiny_models) -> None:
 
     health = run_engine(qwen_tiny_models, body, memory_budget_bytes=1 << 34)
     assert health["memory_mode"] == "both" and health["resident"] == ["design", "base"]
+    assert {k: r["rows_total"] for k, r in health["rows"].items()} == {"design": 64, "base": 64}
 
 
-def test_static_talkers_are_made_at_start_not_in_the_first_request(qwen_tiny_models) -> None:
+def test_runtimes_are_made_at_start_not_in_the_first_request(qwen_tiny_models) -> None:
     async def body(engine: QwenEngine) -> dict:
-        deadline = time.monotonic() + 20
-        while len(engine.health()["static_slots"]) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)  # the scheduler threads make them; poll their state
-        return engine.health()["static_slots"]
+        return engine.health()["rows"]
 
-    slots = run_engine(qwen_tiny_models, body, decode="static", memory_budget_bytes=1 << 34)
-    assert slots == {k: {"made": 1, "in_use": 0, "positions": 2048} for k in ("design", "base")}
+    rows = run_engine(qwen_tiny_models, body, rows=8, memory_budget_bytes=1 << 34)
+    graphs = 0 if DEVICE == "cpu" else 4 * 4  # batch buckets 1..8 by key buckets 256..2048
+    assert {k: {**r, "codec": "?"} for k, r in rows.items()} == {
+        k: {"rows_in_use": 0, "rows_total": 8, "max_len": 2048, "graphs": graphs, "steps": 0, "codec": "?"} for k in ("design", "base")
+    }
 
 
-def test_long_text_is_split_and_capped(qwen_tiny_models) -> None:
+def test_long_text_is_split_by_the_speech_layer_and_capped(qwen_tiny_models) -> None:
     text = "First sentence is here. Second one follows! Third, with a comma, ends? " * 3
-    pieces = split_long(text, 60)
-    assert all(len(p) <= 60 for p in pieces) and len(pieces) > 2
-    assert " ".join(pieces).split() == text.split()
-    assert split_long("x" * 130, 50) == ["x" * 50, "x" * 50, "x" * 30]
+    expected = split_sentences(text, 120)  # one request per sentence, each at most segment_chars
 
-    async def body(engine: QwenEngine) -> int:
-        return sum(len(c) for c in await collect(engine, SynthesisRequest(text, Voice(design="calm"))))
+    async def body(engine: QwenEngine) -> tuple[int, int]:
+        assert engine.info.segment_chars == 120
+        utterance = Utterance("u", Voice(design="calm"))
+        utterance.add_text(text)
+        utterance.end()
+        samples = sum([len(c) async for c in speak_audio(engine, utterance)])
+        return samples, len(engine.recent_jobs)
 
-    samples = run_engine(qwen_tiny_models, body, max_chars=120, generation={**GREEDY, "max_new_tokens": 6})
-    assert samples == len(split_long(text, 120)) * 5 * FRAME
+    samples, jobs = run_engine(qwen_tiny_models, body, max_chars=120, generation={**GREEDY, "max_new_tokens": 6})
+    assert jobs == len(expected) > 1
+    # Each piece is capped at 5 frames; the lead-in trim may take a little off the first.
+    assert len(expected) * 5 * FRAME - LeadInTrim.MAX_DROP <= samples <= len(expected) * 5 * FRAME
 
 
 def test_import_shim_fails_loudly_only_on_the_25hz_path() -> None:

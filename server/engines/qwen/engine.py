@@ -3,14 +3,18 @@
 VoiceDesign cannot clone and Base cannot design. A designed voice keeps its
 timbre across sentences and utterances by being rendered once with VoiceDesign
 and then cloned from that audio with Base (``continuation``, ``render_design``).
+
+Each model, once resident, has a runtime (``runtime.py``: its persistent decode
+batch, graphs, codec, prompt builder) and a scheduler thread
+(``scheduler.py``) that serves every stream of that model in one batched step
+per frame. The engine only turns requests into jobs and reads their mailboxes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +23,16 @@ import numpy as np
 import torch
 
 from ...errors import EngineError
-from ...text import pieces as text_pieces
-from ..base import SAMPLE_RATE, Engine, EngineInfo, Reference, SynthesisRequest, Voice
+from ..base import Engine, EngineInfo, Reference, SynthesisRequest, Voice
+from ..mailbox import Mailbox
 from . import compat
-from .graphs import StaticTalker, predictor_sampling, supports_static
+from .batch import DEFAULT_MAX_LEN, DEFAULT_MAX_TEXT
+from .job import Job
 from .manager import ModelManager
-from .scheduler import END, Job, Scheduler
-from .stream import DEFAULT_LEFT_CONTEXT, Prompt, Talker, capture_prompt, sampling_kwargs, warm_codec
+from .prompt import ClonePromptCache, audio_key
+from .runtime import DecodeSettings, RuntimeFactory
+from .scheduler import DEFAULT_PREFILL_POSITIONS, Scheduler
+from .window_codec import DEFAULT_LEFT_CONTEXT
 
 LANGUAGES = ["auto", "chinese", "english", "japanese", "korean", "german", "french", "russian", "portuguese", "spanish", "italian"]
 _ISO = {"zh": "chinese", "en": "english", "ja": "japanese", "ko": "korean", "de": "german", "fr": "french",
@@ -35,17 +42,6 @@ _SAMPLE_TEXT = {
     "japanese": "こんにちは、はじめまして。今日はとてもいい天気ですね。",
 }
 _DEFAULT_SAMPLE = "Hello, it's nice to meet you. The weather is lovely today, so let's take a walk together."
-_PROMPT_CACHE_SIZE = 64
-_FILE_KEY = re.compile(r"[0-9A-Za-z_-]{1,64}")
-
-
-def split_long(text: str, max_chars: int, language: str = "auto") -> list[str]:
-    """Pieces of at most ``max_chars``: whole sentences packed, longer ones cut (``server.text.pieces``)."""
-    return text_pieces(text, max_chars, language)
-
-
-def _audio_key(audio: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()[:20]
 
 
 class QwenEngine(Engine):
@@ -62,34 +58,45 @@ class QwenEngine(Engine):
         max_chars: int = 400,
         chunk_frames: tuple[int, int] = (2, 12),
         left_context_frames: int = DEFAULT_LEFT_CONTEXT,
-        max_active: int = 32,
+        rows: int = 64,
+        max_len: int = DEFAULT_MAX_LEN,
+        max_text: int = DEFAULT_MAX_TEXT,
+        prefill_positions: int = DEFAULT_PREFILL_POSITIONS,
         decode: str = "auto",
+        noise: str = "counter",
+        codec: str = "auto",
         cache_dir: Path | None = None,
     ) -> None:
-        """``decode``: "static" runs the talker on static caches (CUDA graphs on a GPU), "plain"
-        through upstream's modules step by step, "auto" static on a GPU and plain elsewhere.
-        ``cache_dir``: where voice-clone prompts are kept across restarts, by reference key."""
-        self.cache_dir = cache_dir
+        """``rows``: decode rows per model at most (the memory plan may give fewer). ``decode``:
+        "graphs" captures the batch's step as CUDA graphs, "eager" runs it op by op, "auto" is
+        graphs on a GPU. ``noise``: "counter" (per-row counter-based draws, the server's) or
+        "generator" (one torch.Generator per row, in upstream's order: a reference). ``codec``:
+        "window" (re-decodes 72 frames of left context per chunk), "stateful" (``codec.CodecBatch``),
+        "auto" (stateful where this build has it). ``cache_dir``: where voice-clone prompts are
+        kept across restarts, by the library's reference key."""
+        if decode not in ("auto", "graphs", "eager"):
+            raise ValueError(f"decode must be auto, graphs or eager, not {decode!r}")
         self.device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
         default_dtype = "float32" if self.device == "cpu" else "bfloat16"
         self.dtype: torch.dtype = getattr(torch, dtype or default_dtype)
-        self.generation = dict(generation or {})
         self.max_frames = max_frames
         self.max_chars = max_chars
         self.chunk_frames = chunk_frames
-        self.left_context = left_context_frames
-        self.max_active = max_active
-        if decode not in ("auto", "static", "plain"):
-            raise ValueError(f"decode must be auto, static or plain, not {decode!r}")
-        self.static = decode == "static" or (decode == "auto" and self.device.startswith("cuda"))
         self.sources = {"design": design_model, "base": base_model}
+        graphs = decode != "eager" and self.device.startswith("cuda")
+        self.decode = "graphs" if graphs else "eager"
+        self.settings = DecodeSettings(
+            generation=dict(generation or {}), max_len=max_len, max_text=max_text, graphs=graphs, noise=noise,
+            codec=codec, left_context=left_context_frames, longest_chunk=chunk_frames[1],
+        )  # fmt: skip
+        self.rows = rows
+        self.prefill_positions = prefill_positions
         self._budget = memory_budget_bytes
+        self._clones = ClonePromptCache(hashlib.sha1(base_model.encode()).hexdigest()[:8], cache_dir)
         self.manager: ModelManager | None = None
         self._schedulers: dict[str, Scheduler] = {}
-        self._prompts: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._base_tag = hashlib.sha1(base_model.encode()).hexdigest()[:8]
         self._state = "created"
-        self.recent_jobs: deque[dict[str, float]] = deque(maxlen=256)
+        self.recent_jobs: deque[dict[str, float]] = deque(maxlen=4096)
         """The phase marks of recent segments (``Job.marks``): where time to first audio goes."""
         self.info = EngineInfo(
             name="qwen3-tts",
@@ -98,153 +105,64 @@ class QwenEngine(Engine):
             languages=list(LANGUAGES),
             design=True,
             clone=True,
-            note=f"VoiceDesign + Base, {self.dtype} on {self.device}, {'static' if self.static else 'plain'} decode",
+            note=f"VoiceDesign + Base, {self.dtype} on {self.device}, batched decode ({self.decode})",
+            segment_chars=max_chars,
         )
 
     async def start(self) -> None:
         compat.install()
         self._state = "loading"
+        runtimes = RuntimeFactory(self.settings, self._clones)
+        s = self.settings
         self.manager = ModelManager(
-            self.sources,
-            device=self.device,
-            dtype=self.dtype,
-            memory_budget_bytes=self._budget,
-            flash_attention=not self.static,  # the static path builds SDPA masks
-        )
-        await asyncio.to_thread(self.manager.preload)
-        self._schedulers = {k: Scheduler(k, self.manager, max_active=self.max_active, talker_for=self._talker) for k in self.sources}
+            self.sources, runtimes, device=self.device, dtype=self.dtype, max_rows=self.rows, max_len=s.max_len,
+            max_text=s.max_text, memory_budget_bytes=self._budget,
+        )  # fmt: skip
+        await asyncio.to_thread(self.manager.start)
+        self._schedulers = {k: Scheduler(k, self.manager, prefill_positions=self.prefill_positions) for k in self.sources}
+        for scheduler in self._schedulers.values():
+            scheduler.start()
         self._state = "ready"
 
     async def close(self) -> None:
         self._state = "closed"
         schedulers, self._schedulers = self._schedulers, {}
-        await asyncio.gather(*(asyncio.to_thread(s.close) for s in schedulers.values()))
+        for scheduler in schedulers.values():
+            scheduler.stop()
         if self.manager is not None:
-            self.manager.close()
+            self.manager.close()  # wakes a scheduler waiting for a model
+        await asyncio.gather(*(asyncio.to_thread(s.close) for s in schedulers.values()))
 
     # -- synthesis ---------------------------------------------------------
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
-        voice = request.voice
-        pieces = split_long(request.text, self.max_chars, request.language)
-        for index, piece in enumerate(pieces):
-            heard: list[np.ndarray] = []
-            async for chunk in self._stream(request, voice, piece, first=request.first and index == 0):
-                heard.append(chunk)
-                yield chunk
-            if index + 1 < len(pieces):  # long input: later pieces keep the first's timbre
-                voice = self.continuation(voice, piece, np.concatenate(heard) if heard else np.zeros(0))
+        """One piece of text: the speech layer cuts text to ``info.segment_chars`` and anchors the voice."""
+        async for chunk in self._stream(request, request.voice, request.text, first=request.first):
+            yield chunk
 
     async def _stream(self, request: SynthesisRequest, voice: Voice, text: str, *, first: bool) -> AsyncIterator[np.ndarray]:
         if not self._schedulers:
             raise EngineError("the qwen engine is not started")
-        kind = "base" if voice.reference is not None else "design"
+        first_chunk, chunk = self.chunk_frames
         job = Job(
-            lambda tts: self._prompt(tts, kind, voice, text, request.language),
+            text=text,
+            voice=voice,
+            language=request.language,
+            mailbox=Mailbox(),
             due=request.due,
+            owner=request.owner,
             max_frames=min(self.max_frames, 40 + 5 * len(text)),
-            chunks=self.chunk_frames if first else (self.chunk_frames[1], self.chunk_frames[1]),
-            left_context=self.left_context,
-            loop=asyncio.get_running_loop(),
+            first_chunk=first_chunk if first else chunk,
+            chunk=chunk,
         )
-        self._schedulers[kind].submit(job)
+        self._schedulers[job.kind].submit(job)
         self.recent_jobs.append(job.marks)
         try:
-            while (item := await job.queue.get()) is not END:
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in job.mailbox:
                 if item.size:
                     yield item
         finally:
-            job.cancel()  # the scheduler drops the stream before its next step
-
-    def _talker(self, tts: Any) -> Talker:
-        """Runs on the model's thread: its talker, made once per load (graphs are captured here)."""
-        talker: Talker | None = getattr(tts, "_minestream_talker", None)
-        if talker is None:
-            if self.static and supports_static(tts):
-                talker = StaticTalker(tts)
-                talker.warm(predictor_sampling(sampling_kwargs(tts, self.generation)))
-            else:
-                talker = Talker(tts)
-            if self.device.startswith("cuda"):
-                # Each new decode window length costs cuDNN a plan build (up to ~1 s); windows are
-                # at most left context + a full chunk long, so build them all before any request.
-                warm_codec(tts, self.left_context + self.chunk_frames[1])
-            tts._minestream_talker = talker  # unloading the model frees its graphs and caches with it
-        return talker
-
-    def _prompt(self, tts: Any, kind: str, voice: Voice, text: str, language: str) -> Prompt:
-        """Runs on the model's thread: upstream's prompt for this request."""
-        sampling = sampling_kwargs(tts, self.generation)
-        lang = self._language(tts, language)
-        if kind == "design":
-            return capture_prompt(tts, "generate_voice_design", text=text, instruct=voice.design, language=lang, **sampling)
-        assert voice.reference is not None, "clone requests carry a reference"
-        items = self._clone_items(tts, voice.reference)
-        return capture_prompt(tts, "generate_voice_clone", text=text, language=lang, voice_clone_prompt=items, **sampling)
-
-    @staticmethod
-    def _language(tts: Any, language: str | None) -> str:
-        name = (language or "auto").strip().lower()
-        name = _ISO.get(name.split("-")[0], name)
-        supported = {str(x).lower() for x in tts.model.get_supported_languages()}
-        return name if name in supported else "auto"
-
-    # -- voice prompts -----------------------------------------------------
-
-    def _clone_items(self, tts: Any, ref: Reference) -> list[Any]:
-        """x-vector (and reference codes when the text is known), cached in memory and on disk."""
-        mode = "icl" if ref.text else "xvec"
-        key = (ref.key or _audio_key(ref.audio), mode)
-        if key in self._prompts:
-            self._prompts.move_to_end(key)
-            return self._prompts[key]
-        path = self._prompt_path(ref, key[0], mode)
-        items = self._load_items(path) if path is not None else None
-        if items is None:
-            audio = np.asarray(ref.audio, dtype=np.float32)
-            items = tts.create_voice_clone_prompt(
-                ref_audio=(audio, SAMPLE_RATE), ref_text=ref.text or None, x_vector_only_mode=not ref.text
-            )
-            if path is not None:
-                self._save_items(path, items[0])
-        self._prompts[key] = items
-        if len(self._prompts) > _PROMPT_CACHE_SIZE:
-            self._prompts.popitem(last=False)
-        return items
-
-    def _prompt_path(self, ref: Reference, key: str, mode: str) -> Path | None:
-        # Only a library key names the same reference for good; a derived one is an anchor of the moment.
-        if self.cache_dir is None or ref.key is None or ref.key.startswith("design-") or not _FILE_KEY.fullmatch(ref.key):
-            return None
-        return self.cache_dir / f"qwen3tts-{self._base_tag}-{key}-{mode}.pt"
-
-    @staticmethod
-    def _load_items(path: Path) -> list[Any] | None:
-        if not path.is_file():
-            return None
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            return None  # a stale or torn file: recompute and overwrite
-        item = compat.import_qwen_tts().VoiceClonePromptItem(
-            ref_code=saved["ref_code"],
-            ref_spk_embedding=saved["spk"],
-            x_vector_only_mode=saved["ref_code"] is None,
-            icl_mode=saved["ref_code"] is not None,
-            ref_text=saved["ref_text"],
-        )
-        return [item]
-
-    @staticmethod
-    def _save_items(path: Path, item: Any) -> None:
-        code = None if item.ref_code is None else item.ref_code.cpu()
-        data = {"ref_code": code, "spk": item.ref_spk_embedding.float().cpu(), "ref_text": item.ref_text}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(data, tmp)
-        tmp.replace(path)
+            job.mailbox.close()  # at once on cancel or disconnect: the scheduler drops the stream before its next step
 
     # -- designed voices ---------------------------------------------------
 
@@ -252,7 +170,7 @@ class QwenEngine(Engine):
         if voice.design is None or voice.reference is not None or not np.asarray(audio).size:
             return voice
         audio = np.asarray(audio, dtype=np.float32)
-        ref = Reference(audio=audio, text=text.strip() or None, key=f"design-{_audio_key(audio)}")
+        ref = Reference(audio=audio, text=text.strip() or None, key=f"design-{audio_key(audio)}")
         return Voice(design=voice.design, reference=ref, voice_id=voice.voice_id)
 
     async def render_design(self, description: str, language: str = "auto") -> Reference | None:
@@ -264,14 +182,17 @@ class QwenEngine(Engine):
             return None
         return Reference(audio=np.concatenate(chunks), text=text)
 
+    # -- reports -----------------------------------------------------------
+
+    def scheduler(self, kind: str) -> Scheduler:
+        return self._schedulers[kind]
+
     def health(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"state": self._state}
+        out: dict[str, Any] = {"state": self._state, "decode": self.decode}
         if self.manager is not None:
             out.update(self.manager.health())
         out["queue_depth"] = sum(s.depth for s in self._schedulers.values())
         out["active_streams"] = sum(s.active for s in self._schedulers.values())
-        out["decode"] = "static" if self.static else "plain"
-        if self.manager is not None:
-            talkers = {k: getattr(m, "_minestream_talker", None) for k, m in self.manager.loaded().items()}
-            out["static_slots"] = {k: t.usage() for k, t in talkers.items() if isinstance(t, StaticTalker)}
+        loaded = self.manager.loaded() if self.manager is not None else {}
+        out["rows"] = {kind: runtime.health() for kind, runtime in loaded.items()}
         return out

@@ -1,11 +1,19 @@
-"""Which Qwen3-TTS models are resident, and swapping them when both don't fit.
+"""Which Qwen3-TTS models are resident, how many decode rows each gets, and swapping when both don't fit.
 
-VoiceDesign and Base together need about 8 GB in bf16. When the free memory
-(or a configured budget) holds both plus a working reserve, both stay
-resident. Otherwise one is resident at a time: a scheduler that needs the
-other one waits until the resident model's streams drain, then the least
-recently used model is unloaded and the wanted one loaded, and the swap time
-is recorded for ``/healthz``.
+Memory is decided once, up front (``start``): the weights of both models,
+plus, per decode row, a row's share of each model's batch (its keys and values
+for ``max_len`` positions in every talker layer, its trailing text, its
+sampling buffers, its codec state), plus a reserve for activations, graph
+pools and the allocator's slack, against the free GPU memory (or a configured
+budget). If both models fit with at least ``MIN_SHARED_ROWS`` rows each (or
+``max_rows``, if smaller), both stay resident with as many rows as fit.
+Otherwise one is resident at a time, with the rows the memory holds for it: a
+scheduler that needs the other one waits until the resident model's streams
+drain, then the least recently used model is unloaded and the wanted one
+loaded, and the swap time is recorded for ``/healthz``.
+
+A model's runtime (batch, graphs, codec) is made when it is loaded and goes
+when it is unloaded; a stream that finds no free row waits for one.
 """
 
 from __future__ import annotations
@@ -17,18 +25,30 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
+from ...errors import EngineError, Unavailable
 from . import local_snapshot
 
 logger = logging.getLogger("minestream.qwen")
 
 KINDS = ("design", "base")
+MIN_SHARED_ROWS = 8
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 _FALLBACK_WEIGHT_BYTES = int(4.3e9)  # a 1.7B checkpoint in bf16, when its files can't be seen
-_GPU_RESERVE = 2 << 30  # KV caches and activations of a few dozen streams
+_GPU_RESERVE = 3 << 30  # activations (prefill, codec windows), graph pools, allocator slack
+_CODEC_ROW_BYTES = 8 << 20  # a stateful codec's per-row state (its windows and carried convolution inputs)
+_FALLBACK_TALKER = {"num_hidden_layers": 28, "num_key_value_heads": 8, "head_dim": 128, "hidden_size": 2048, "vocab_size": 3072,
+                    "code_predictor_config": {"num_hidden_layers": 5, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 2048}}  # fmt: skip
+
+
+class RuntimeBuilder(Protocol):
+    """Makes a loaded model's runtime (``runtime.RuntimeFactory``)."""
+
+    def build(self, kind: str, tts: Any, rows: int) -> Any: ...
 
 
 def estimate_bytes(source: str, dtype: torch.dtype) -> int:
@@ -41,46 +61,109 @@ def estimate_bytes(source: str, dtype: torch.dtype) -> int:
     return files * (torch.finfo(dtype).bits // 8) // _DTYPE_BYTES.get(str(stored), 2)
 
 
+def row_bytes(talker: dict[str, Any], dtype: torch.dtype, max_len: int, max_text: int) -> int:
+    """Device memory one decode row takes in a model's batch, from its ``talker_config``."""
+    size = torch.finfo(dtype).bits // 8
+    predictor = talker.get("code_predictor_config") or {}
+    groups = int(talker.get("num_code_groups", 16)) - 1
+
+    def kv(config: dict[str, Any], positions: int) -> int:
+        heads = int(config.get("num_attention_heads", 16))
+        head_dim = int(config.get("head_dim") or int(config.get("hidden_size", 2048)) // heads)
+        return int(config["num_hidden_layers"]) * 2 * int(config.get("num_key_value_heads", heads)) * positions * head_dim * size
+
+    hidden, vocab = int(talker["hidden_size"]), int(talker["vocab_size"])
+    sampling = 2 * vocab + 4 * (vocab + groups * int(predictor.get("vocab_size", 2048)))  # masks, noise
+    return kv(talker, max_len) + kv(predictor, groups + 1) + (max_text + 2) * hidden * size + sampling + _CODEC_ROW_BYTES
+
+
+def talker_config(source: str) -> dict[str, Any]:
+    path = local_snapshot(source)
+    if path is None:
+        return dict(_FALLBACK_TALKER)
+    config: dict[str, Any] = json.loads((Path(path) / "config.json").read_text())["talker_config"]
+    return config
+
+
+def plan_memory(
+    weights: dict[str, int], per_row: dict[str, int], budget: int | None, *, reserve: int, max_rows: int
+) -> tuple[str, dict[str, int]]:
+    """("both" or "one", rows per model) for these weights and per-row costs in ``budget`` bytes (None: no limit)."""
+    if budget is None:
+        return "both", {kind: max_rows for kind in weights}
+    spare = budget - sum(weights.values()) - reserve
+    shared = min(max_rows, spare // sum(per_row.values())) if spare > 0 else 0
+    if shared >= min(max_rows, MIN_SHARED_ROWS):
+        return "both", {kind: int(shared) for kind in weights}
+    alone = {kind: min(max_rows, max(0, budget - weights[kind] - reserve) // per_row[kind]) for kind in weights}
+    if min(alone.values()) < 1:
+        need = {kind: weights[kind] + reserve + per_row[kind] for kind in weights}
+        raise EngineError(f"not enough memory for the Qwen models: {budget} bytes, need at least {max(need.values())}")
+    return "one", {kind: int(rows) for kind, rows in alone.items()}
+
+
 @dataclass
-class Slot:
+class Resident:
     kind: str
     source: str
     need_bytes: int
-    model: Any = None
+    rows: int = 0
+    runtime: Any = None
     leases: int = 0
     last_used: float = 0.0
     load_s: float | None = None
 
 
 class ModelManager:
-    """Loads models on demand under a memory figure; ``acquire``/``release`` from worker threads."""
+    """Loads models on demand under the memory plan; ``acquire``/``release`` from the schedulers' threads."""
 
     def __init__(
         self,
         sources: dict[str, str],
+        runtimes: RuntimeBuilder,
         *,
         device: str,
         dtype: torch.dtype,
+        max_rows: int,
+        max_len: int,
+        max_text: int,
         memory_budget_bytes: int | None = None,
         loader: Callable[[str], Any] | None = None,
-        flash_attention: bool = True,
     ) -> None:
+        self.sources = sources
+        self.runtimes = runtimes
         self.device = device
         self.dtype = dtype
-        self.flash_attention = flash_attention
-        self._loader = loader or self._load
-        self._slots = {k: Slot(k, s, estimate_bytes(s, dtype)) for k, s in sources.items()}
-        self.budget = self._memory_figure(memory_budget_bytes)
-        reserve = _GPU_RESERVE if memory_budget_bytes is None and device.startswith("cuda") else 0
-        total = sum(s.need_bytes for s in self._slots.values()) + reserve
-        self.mode = "both" if self.budget is None or total <= self.budget else "one"
+        self.max_rows, self.max_len, self.max_text = max_rows, max_len, max_text
+        self.configured_budget = memory_budget_bytes
+        self.loader = loader or self._load
+        self.budget: int | None = None
+        self.mode = "both"
+        self._residents: dict[str, Resident] = {}
         self._cond = threading.Condition()
         self._wanted: set[str] = set()
+        self._closed = False
         self.swaps: list[float] = []
 
-    def _memory_figure(self, budget: int | None) -> int | None:
-        if budget is not None:
-            return budget
+    # -- the plan ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Decide the memory plan, then load what it keeps resident from the start (both, or Base)."""
+        weights = {kind: estimate_bytes(source, self.dtype) for kind, source in self.sources.items()}
+        per_row = {kind: row_bytes(talker_config(source), self.dtype, self.max_len, self.max_text) for kind, source in self.sources.items()}
+        self.budget = self._memory_figure()
+        reserve = _GPU_RESERVE if self.configured_budget is None and self.device.startswith("cuda") else 0
+        self.mode, rows = plan_memory(weights, per_row, self.budget, reserve=reserve, max_rows=self.max_rows)
+        self._residents = {k: Resident(k, s, weights[k], rows[k]) for k, s in self.sources.items()}
+        logger.info("qwen memory plan: %s resident, rows %s (%s bytes per row)", self.mode, rows, per_row)
+        first = list(self._residents) if self.mode == "both" else ["base" if "base" in self._residents else next(iter(self._residents))]
+        for kind in first:
+            self.acquire(kind)
+            self.release(kind)
+
+    def _memory_figure(self) -> int | None:
+        if self.configured_budget is not None:
+            return self.configured_budget
         if self.device.startswith("cuda") and torch.cuda.is_available():
             free, _ = torch.cuda.mem_get_info(torch.device(self.device))
             return int(free)
@@ -92,28 +175,24 @@ class ModelManager:
         kwargs: dict[str, Any] = {"dtype": self.dtype}
         if self.device != "cpu":
             kwargs["device_map"] = self.device
-            if self.flash_attention and _has_flash_attn():
-                kwargs["attn_implementation"] = "flash_attention_2"
         model = import_qwen_tts().Qwen3TTSModel.from_pretrained(source, **kwargs)
         model.model.eval()
         return model
 
-    def preload(self) -> None:
-        """Load what the mode keeps resident from the start (both, or the clone model)."""
-        for kind in self._slots if self.mode == "both" else ["base" if "base" in self._slots else "design"]:
-            self.acquire(kind)
-            self.release(kind)
+    # -- leases --------------------------------------------------------------------------------
 
     def acquire(self, kind: str) -> Any:
-        """The loaded model for ``kind``, loading (and evicting) as needed. Blocks."""
+        """The runtime of ``kind``'s model, loading (and evicting) as needed. Blocks."""
         with self._cond:
-            slot = self._slots[kind]
+            resident = self._residents[kind]
             swap_started: float | None = None
-            while slot.model is None:
+            while resident.runtime is None:
+                if self._closed:
+                    raise Unavailable("the engine is shutting down")
                 if self._fits(kind):
                     started = time.monotonic()
-                    slot.model = self._loader(slot.source)
-                    slot.load_s = time.monotonic() - started
+                    resident.runtime = self.runtimes.build(kind, self.loader(resident.source), resident.rows)
+                    resident.load_s = time.monotonic() - started
                     if swap_started is not None:
                         self.swaps.append(time.monotonic() - swap_started)
                         logger.info("swapped in %s in %.2fs", kind, self.swaps[-1])
@@ -126,15 +205,15 @@ class ModelManager:
                 swap_started = time.monotonic()
                 self._unload(victim)
             self._wanted.discard(kind)
-            slot.leases += 1
-            slot.last_used = time.monotonic()
-            return slot.model
+            resident.leases += 1
+            resident.last_used = time.monotonic()
+            return resident.runtime
 
     def release(self, kind: str) -> None:
         with self._cond:
-            slot = self._slots[kind]
-            slot.leases -= 1
-            slot.last_used = time.monotonic()
+            resident = self._residents[kind]
+            resident.leases -= 1
+            resident.last_used = time.monotonic()
             self._cond.notify_all()
 
     def should_yield(self, kind: str) -> bool:
@@ -142,35 +221,35 @@ class ModelManager:
         return bool(self._wanted - {kind})
 
     def _fits(self, kind: str) -> bool:
-        if self.mode == "both":
-            return True
-        resident = sum(s.need_bytes for s in self._slots.values() if s.model is not None)
-        return not resident or resident + self._slots[kind].need_bytes <= (self.budget or 0)
+        return self.mode == "both" or not any(r.runtime is not None for r in self._residents.values())
 
-    def _idle_victim(self, kind: str) -> Slot | None:
-        idle = [s for s in self._slots.values() if s.kind != kind and s.model is not None and s.leases == 0]
-        return min(idle, key=lambda s: s.last_used) if idle else None
+    def _idle_victim(self, kind: str) -> Resident | None:
+        idle = [r for r in self._residents.values() if r.kind != kind and r.runtime is not None and r.leases == 0]
+        return min(idle, key=lambda r: r.last_used) if idle else None
 
-    def _unload(self, slot: Slot) -> None:
-        slot.model = None
+    def _unload(self, resident: Resident) -> None:
+        resident.runtime = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        logger.info("unloaded %s", slot.kind)
+        logger.info("unloaded %s", resident.kind)
 
     def close(self) -> None:
         with self._cond:
-            for slot in self._slots.values():
-                slot.model = None
+            self._closed = True
+            for resident in self._residents.values():
+                resident.runtime = None
             self._cond.notify_all()
         gc.collect()
 
+    # -- reports -------------------------------------------------------------------------------
+
     def resident(self) -> list[str]:
-        return [s.kind for s in self._slots.values() if s.model is not None]
+        return [r.kind for r in self._residents.values() if r.runtime is not None]
 
     def loaded(self) -> dict[str, Any]:
-        """The resident models by kind (read from any thread, for health reports)."""
-        return {s.kind: s.model for s in self._slots.values() if s.model is not None}
+        """The resident runtimes by kind (read from any thread, for health reports)."""
+        return {r.kind: r.runtime for r in self._residents.values() if r.runtime is not None}
 
     def health(self) -> dict[str, Any]:
         return {
@@ -178,16 +257,10 @@ class ModelManager:
             "memory_budget_bytes": self.budget,
             "resident": self.resident(),
             "models": {
-                s.kind: {"source": s.source, "resident": s.model is not None, "bytes": s.need_bytes, "load_s": s.load_s}
-                for s in self._slots.values()
+                r.kind: {"source": r.source, "resident": r.runtime is not None, "bytes": r.need_bytes, "rows": r.rows, "load_s": r.load_s}
+                for r in self._residents.values()
             },
             "swaps": len(self.swaps),
             "last_swap_s": round(self.swaps[-1], 3) if self.swaps else None,
             "waiting_for_swap": sorted(self._wanted),
         }
-
-
-def _has_flash_attn() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("flash_attn") is not None

@@ -1,0 +1,191 @@
+"""Where a decode step's time goes, per batch size: code predictor, talker, the rest; prefill; codec.
+
+    python -m bench.qwen_profile --random 1.7b --batch 1,16,64 --out OUT    # GPU: graph replays timed with CUDA events
+    python -m bench.qwen_profile                                            # tiny models on CPU: eager, wall time
+
+Builds one model's runtime (its batch, graphs and codec) and times, at each
+batch size B with every row active:
+
+* step: the whole captured step (predictor loop, talker step, sampling, state
+  updates), as the scheduler runs it;
+* predictor: the 15-codebook loop alone (sampling included), captured alone;
+* talker: one talker step over the KV pool (and the codec head), captured alone;
+* other: step - predictor - talker (the talker's sampling and the row updates);
+* prefill: B prompts prefilled together (eager, as admission runs them);
+* codec: one round's decode of B 12-frame chunks.
+
+The rows decode real prompts (the bench text) so attention reads real lengths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from server.engines.qwen.batch import Admission
+from server.engines.qwen.graphs import Replay
+
+from .qwen_compare import INSTRUCT, TEXT
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], None], int], float]:
+    """Median milliseconds of ``fn`` over ``n`` runs (CUDA events on a GPU)."""
+
+    def cpu(fn: Callable[[], None], n: int) -> float:
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return 1000 * statistics.median(times)
+
+    def cuda(fn: Callable[[], None], n: int) -> float:
+        fn()
+        times = []
+        for _ in range(n):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        return statistics.median(times)
+
+    return cuda if device.type == "cuda" else cpu
+
+
+@torch.inference_mode()
+def profile(runtime: Any, sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    batch, codec = runtime.batch, runtime.codec
+    prompt = runtime.prompts.build(_voice(runtime.kind), TEXT, "english")
+    time_ms = _timer(batch.device)
+    rows_out = []
+    for size in [s for s in sizes if s <= batch.rows]:
+        started = time.perf_counter()
+        rows, _ = batch.admit([Admission(prompt, 100_000) for _ in range(size)])
+        if batch.device.type == "cuda":
+            torch.cuda.synchronize()
+        prefill_ms = 1000 * (time.perf_counter() - started)
+        keys = min(b for b in batch.key_buckets if b > prompt.length + repeats + 8)  # the rows' length while timed
+        step = batch._replay(size, keys)
+        predictor = Replay(_predictor_call(batch, size), batch.device, graphs=batch.graphs)
+        talker = Replay(_talker_call(batch, size, keys), batch.device, graphs=batch.graphs)
+        figures = {"batch": size, "keys": keys, "step_ms": time_ms(step, repeats), "predictor_ms": time_ms(predictor, repeats)}
+        figures["talker_ms"] = time_ms(talker, repeats)
+        figures["other_ms"] = figures["step_ms"] - figures["predictor_ms"] - figures["talker_ms"]
+        figures["prefill_ms"] = prefill_ms
+        figures["codec_ms"] = _codec_ms(codec, size, batch.device)
+        rows_out.append({k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()})
+        print("profile", rows_out[-1], flush=True)
+        for row in rows:
+            batch.release(row)
+    return rows_out
+
+
+def _voice(kind: str) -> Any:
+    from server.engines.base import Reference, Voice
+
+    from .qwen_compare import reference_audio
+
+    return Voice(design=INSTRUCT) if kind == "design" else Voice(reference=Reference(reference_audio(), key="profile"))
+
+
+def _predictor_call(batch: Any, size: int) -> Callable[[], None]:
+    rows = slice(0, size)
+    noise = None if batch.predictor_noise is None else batch.predictor_noise[rows]
+    settings = batch.predictor_settings.rows(rows)
+
+    def run() -> None:
+        batch.predictor(batch.last_hidden[rows], batch.last_token[rows], settings, noise)
+
+    return run
+
+
+def _talker_call(batch: Any, size: int, keys: int) -> Callable[[], None]:
+    x = batch.last_hidden[:size].clone()
+    positions = batch.position[:size].clone()  # writes where the next step will write anyway
+
+    def run() -> None:
+        batch.codec_head(batch.stack.step(x, positions, keys))
+
+    return run
+
+
+def _codec_ms(codec: Any, size: int, device: torch.device) -> float:
+    handles = [codec.admit(None) for _ in range(size)]
+    chunks = [torch.randint(0, 2048, (12, 16)) for _ in range(size)]
+    try:
+        codec.decode(handles, chunks)  # first shape: plans, allocations
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        codec.decode(handles, chunks)  # ends with the copy to the host
+        return 1000 * (time.perf_counter() - started)
+    finally:
+        for handle in handles:
+            codec.release(handle)
+
+
+def table(rows: list[dict[str, Any]], kind: str, codec: str) -> str:
+    lines = [
+        f"One {kind} decode step by batch size (ms; every row active; codec {codec}):",
+        "",
+        "| batch | keys | step | predictor | talker | other | prefill (B prompts) | codec (B x 12 frames) | step ms / row |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['batch']} | {r['keys']} | {r['step_ms']:.2f} | {r['predictor_ms']:.2f} | {r['talker_ms']:.2f} | {r['other_ms']:.2f} "
+            f"| {r['prefill_ms']:.1f} | {r['codec_ms']:.1f} | {r['step_ms'] / r['batch']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(prog="python -m bench.qwen_profile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--design-model")
+    p.add_argument("--base-model")
+    p.add_argument("--random", choices=["tiny", "0.6b", "1.7b"])
+    p.add_argument("--models-dir")
+    p.add_argument("--kind", choices=["design", "base"], default="design")
+    p.add_argument("--batch", default="1,16,64")
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    from server.engines.qwen import compat
+    from server.engines.qwen.manager import ModelManager
+    from server.engines.qwen.prompt import ClonePromptCache
+    from server.engines.qwen.runtime import DecodeSettings, RuntimeFactory
+
+    from .qwen_models import build_models
+
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if not args.design_model:
+        size = args.random or "tiny"
+        args.design_model, args.base_model = map(str, build_models(args.models_dir or tempfile.mkdtemp(), size, device=device))
+    compat.install()
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    factory = RuntimeFactory(DecodeSettings(), ClonePromptCache("profile"))
+    source = args.design_model if args.kind == "design" else args.base_model
+    manager = ModelManager({args.kind: source}, factory, device=device, dtype=dtype, max_rows=args.rows, max_len=2048, max_text=512)
+    runtime = factory.build(args.kind, manager.loader(source), args.rows)
+    with runtime.context():
+        rows = profile(runtime, [int(b) for b in args.batch.split(",")], args.repeats)
+    text = table(rows, args.kind, type(runtime.codec).__name__)
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "profile.md").write_text(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""The decode batch on tiny random-weight models: rows decoded together against one by one and against upstream.
+
+No threads here: the tests drive ``DecodeBatch`` the way the scheduler does
+(admit when a row is free, step, release finished rows, compact), so every
+join, leave and move happens at a chosen round.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from transformers.generation.logits_process import (  # noqa: E402
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from server.engines.base import SAMPLE_RATE  # noqa: E402
+from server.engines.qwen import compat  # noqa: E402
+from server.engines.qwen.batch import Admission, DecodeBatch  # noqa: E402
+from server.engines.qwen.manager import plan_memory, row_bytes  # noqa: E402
+from server.engines.qwen.noise import CounterNoise  # noqa: E402
+from server.engines.qwen.prompt import Prompt, capture_prompt, sampling_kwargs  # noqa: E402
+from server.engines.qwen.sampling import Penalties, SamplingPlan, Settings, choose, penalize, warp  # noqa: E402
+from server.errors import EngineError  # noqa: E402
+from tests import qwen_tiny  # noqa: E402
+
+qwen_tiny_models = qwen_tiny.qwen_tiny_models  # the session fixture (conftest may import it too)
+
+GREEDY = {"do_sample": False, "subtalker_dosample": False}
+SAMPLED = {"do_sample": True, "subtalker_dosample": True}
+DEVICE = os.environ.get("MINESTREAM_QWEN_DEVICE", "cpu")
+GRAPHS = DEVICE != "cpu"  # on a GPU the same tests replay the captured step graphs
+
+
+def _ref_audio(seconds: float = 1.6, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    rng = np.random.RandomState(seed)
+    return (0.3 * np.sin(2 * np.pi * 180 * t) + 0.05 * rng.randn(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def upstream(qwen_tiny_models: tuple[Path, Path]) -> tuple[Any, Any]:
+    qwen_tts = compat.import_qwen_tts()
+    load = qwen_tts.Qwen3TTSModel.from_pretrained
+    where = {} if DEVICE == "cpu" else {"device_map": DEVICE}
+    design, base = qwen_tiny_models
+    return load(str(design), dtype=torch.float32, **where), load(str(base), dtype=torch.float32, **where)
+
+
+Case = tuple[Any, str, dict[str, Any]]
+"""A model, its generate_* method and the method's arguments (sampling settings apart)."""
+
+
+@pytest.fixture(scope="module")
+def cases(upstream: tuple[Any, Any]) -> dict[str, Case]:
+    design, base = upstream
+    ref = (_ref_audio(), SAMPLE_RATE)
+    icl = base.create_voice_clone_prompt(ref_audio=ref, ref_text="The quick fox.", x_vector_only_mode=False)
+    icl_long = base.create_voice_clone_prompt(ref_audio=(_ref_audio(2.4, seed=5), SAMPLE_RATE), ref_text="A longer reference.", x_vector_only_mode=False)
+    xvec = base.create_voice_clone_prompt(ref_audio=ref, x_vector_only_mode=True)
+
+    def said(text: str, **extra: Any) -> dict[str, Any]:
+        return {"text": text, "language": "English", **extra}
+
+    return {
+        "short": (design, "generate_voice_design", said("Hi.", instruct="calm")),
+        "medium": (design, "generate_voice_design", said("Hello world. How are you?", instruct="a calm low voice")),
+        "long": (design, "generate_voice_design", said("The quick brown fox jumps over the lazy dog again and again, once more.", instruct="bright")),
+        "other": (design, "generate_voice_design", said("One two three, four five.", instruct="an old man with a deep voice")),
+        "xvec": (base, "generate_voice_clone", said("Cloned speech here.", voice_clone_prompt=xvec)),
+        "icl": (base, "generate_voice_clone", said("Hello.", voice_clone_prompt=icl)),
+        "icl-long": (base, "generate_voice_clone", said("Another cloned sentence.", voice_clone_prompt=icl_long)),
+    }
+
+
+def _prompt(tts: Any, method: str, kwargs: dict[str, Any], sampling: dict[str, Any]) -> Prompt:
+    return capture_prompt(tts, method, **kwargs, **sampling_kwargs(tts, {**sampling, "max_new_tokens": 200}))
+
+
+def _batch(tts: Any, sampling: dict[str, Any], rows: int, noise: str = "counter") -> DecodeBatch:
+    plan = SamplingPlan.from_kwargs(sampling_kwargs(tts, sampling))
+    batch = DecodeBatch(tts, plan, rows=rows, max_len=256, graphs=GRAPHS, noise=noise)
+    batch.capture()
+    return batch
+
+
+def _drive(batch: DecodeBatch, streams: list[tuple[int, str, Admission]]) -> dict[str, np.ndarray]:
+    """Run (join round, name, admission) streams to their ends as the scheduler would; each one's codes (T, 16).
+
+    A stream joins at its round or, when no row is free then, as soon as one is.
+    """
+    waiting = sorted(streams, key=lambda s: s[0])
+    holder: dict[int, str] = {}
+    frames: dict[str, list[np.ndarray]] = {}
+    for round_ in range(10_000):
+        if not waiting and not holder:
+            return {name: np.stack(f) for name, f in frames.items()}
+        joining = [s for s in waiting if s[0] <= round_][: batch.free_rows]
+        if joining:
+            rows, ended = batch.admit([a for _, _, a in joining])
+            assert not any(ended)
+            for row, (_, name, _) in zip(rows, joining, strict=True):
+                holder[row], frames[name] = name, []
+                waiting.remove(next(s for s in waiting if s[1] == name))
+        out = batch.step()
+        for row, name in list(holder.items()):
+            frames[name].append(out[row, :16].copy())
+            if out[row, 16]:
+                batch.release(row)
+                del holder[row]
+        for src, dst in batch.compact():
+            holder[dst] = holder.pop(src)
+    raise AssertionError("the streams did not end")
+
+
+@pytest.mark.parametrize("model", ["design", "base"])
+def test_rows_decoded_together_equal_one_by_one_and_upstream(upstream: tuple[Any, Any], cases: dict[str, Case], model: str) -> None:
+    """Greedy: different prompt lengths, rows joining and leaving mid-stream, more streams than rows."""
+    names = ("short", "medium", "long") if model == "design" else ("xvec", "icl", "icl-long")
+    mine = {name: cases[name] for name in names}
+    tts = upstream[0] if model == "design" else upstream[1]
+    caps = {name: 4 + 2 * i for i, name in enumerate(mine)}
+    admissions = {name: Admission(_prompt(tts, method, kw, GREEDY), caps[name]) for name, (_, method, kw) in mine.items()}
+    assert len({a.prompt.length for a in admissions.values()}) == len(admissions)  # every prompt length differs
+    schedule = [(2 * i, name, a) for i, (name, a) in enumerate(admissions.items())]
+    together = _drive(_batch(tts, GREEDY, rows=2), schedule)
+    for name, admission in admissions.items():
+        alone = _drive(_batch(tts, GREEDY, rows=1), [(0, name, admission)])[name]
+        _, method, kw = mine[name]
+        expected, _ = qwen_tiny.upstream_generate(tts, method, **kw, **GREEDY, max_new_tokens=caps[name] + 1)
+        assert alone.shape == (caps[name], 16)
+        np.testing.assert_array_equal(alone, expected.cpu().numpy(), err_msg=f"{name}: alone vs upstream")
+        np.testing.assert_array_equal(together[name], alone, err_msg=f"{name}: in the batch vs alone")
+
+
+@pytest.mark.parametrize(
+    "case,overrides",
+    [("medium", {}), ("icl", {}), ("xvec", {"top_k": 20, "top_p": 0.8, "temperature": 0.7, "subtalker_top_p": 0.9, "repetition_penalty": 1.3})],
+)
+def test_generator_noise_reproduces_upstream_sampling(cases: dict[str, Case], case: str, overrides: dict[str, Any]) -> None:
+    """One row drawing from torch's default generator in upstream's order gives upstream's sampled codes, bit for bit.
+
+    This checks the batched processors and warpers (penalty, min new tokens,
+    suppressed ids, temperature, top-k, top-p) against transformers' own.
+    """
+    tts, method, kw = cases[case]
+    sampling = {**SAMPLED, **overrides}
+    batch = _batch(tts, sampling, rows=2, noise="generator")
+    prompt = _prompt(tts, method, kw, sampling)
+    torch.manual_seed(11)
+    codes = _drive(batch, [(0, case, Admission(prompt, 12))])[case]
+    torch.manual_seed(11)
+    expected, _ = qwen_tiny.upstream_generate(tts, method, **kw, **sampling, max_new_tokens=13)
+    np.testing.assert_array_equal(codes, expected.cpu().numpy())
+
+
+def test_seeded_rows_do_not_depend_on_their_company(upstream: tuple[Any, Any], cases: dict[str, Case]) -> None:
+    """Counter-based draws: a row's sampled codes follow from its seed, whatever shares the batch or which row it holds."""
+    design = upstream[0]
+    sampling = {**SAMPLED, "top_p": 0.9}
+    prompts = {name: _prompt(design, cases[name][1], cases[name][2], sampling) for name in ("medium", "long", "other")}
+
+    def run(streams: list[tuple[int, str, str, int]], rows: int) -> dict[str, np.ndarray]:
+        return _drive(_batch(design, sampling, rows), [(r, label, Admission(prompts[case], 9, seed)) for r, label, case, seed in streams])
+
+    alone = run([(0, "a", "medium", 7)], 1)["a"]
+    # a joins third (row 2); b and c leave first, and a moves down when the batch shrinks
+    crowd = run([(0, "b", "long", 8), (1, "c", "other", 9), (2, "a", "medium", 7), (3, "twin", "medium", 7)], 4)
+    np.testing.assert_array_equal(crowd["a"], alone)
+    np.testing.assert_array_equal(crowd["twin"], alone)  # the same seed on another row, at another time
+    other_seed = run([(0, "a", "medium", 8)], 1)["a"]
+    assert not np.array_equal(other_seed, alone)
+
+
+def _transformers_choice(scores: torch.Tensor, seen: list[int], sampled: int, kw: dict[str, Any], noise: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """transformers' processors on one row, then multinomial as ATen draws it (argmax of p / noise)."""
+    procs = LogitsProcessorList()
+    if kw["repetition_penalty"] != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(kw["repetition_penalty"]))
+    procs.append(MinNewTokensLengthLogitsProcessor(0, kw["min_new_tokens"], kw["eos_token_id"]))
+    procs.append(SuppressTokensLogitsProcessor(kw["suppress_tokens"]))
+    ids = torch.tensor([seen], dtype=torch.long)[:, :sampled]
+    processed = procs(ids, scores[None].clone())
+    if not kw["do_sample"]:
+        return processed[0], int(processed.argmax())
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(kw["temperature"]), TopKLogitsWarper(kw["top_k"])])
+    if kw["top_p"] < 1.0:
+        warpers.append(TopPLogitsWarper(kw["top_p"]))
+    warped = warpers(ids, processed)
+    return warped[0], int((warped.softmax(-1)[0] / noise).argmax())
+
+
+def test_batched_sampler_equals_transformers_per_row() -> None:
+    vocab, rows = 3072, 6
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(rows, vocab, generator=gen) * 4
+    noise = torch.empty(rows, vocab).exponential_(generator=gen)
+    settings, penalties = Settings.allocate(rows, vocab, torch.device("cpu")), Penalties.allocate(rows, vocab, torch.device("cpu"))
+    seen = torch.zeros(rows, vocab, dtype=torch.bool)
+    history = [torch.randint(0, vocab, (5,), generator=gen).tolist() for _ in range(rows)]
+    sampled = torch.tensor([[0], [1], [2], [5], [5], [3]])
+    configs = [
+        {"do_sample": False, "repetition_penalty": 1.05},
+        {"do_sample": True, "temperature": 0.9, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.05},
+        {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "repetition_penalty": 1.3},
+        {"do_sample": True, "temperature": 1.3, "top_k": 3000, "top_p": 0.5, "repetition_penalty": 1.0},
+        {"do_sample": False, "repetition_penalty": 1.5},
+        {"do_sample": True, "temperature": 1.0, "top_k": 1, "top_p": 0.95, "repetition_penalty": 1.05},
+    ]
+    eos = 2150
+    for row, config in enumerate(configs):
+        kw = {"temperature": 1.0, "top_k": vocab, "top_p": 1.0, "min_new_tokens": 2, "eos_token_id": eos, **config}
+        kw["suppress_tokens"] = [i for i in range(vocab - 1024, vocab) if i != eos]
+        configs[row] = kw
+        settings.assign(row, kw, vocab)
+        penalties.assign(row, kw)
+        seen[row, history[row][: int(sampled[row])]] = True
+    logits[:, eos] = logits.max() + 1  # EOS wins wherever it is allowed
+    scores = penalize(logits, seen, sampled, penalties)
+    tokens = choose(scores, settings, noise, top_p=True)
+    warped = warp(scores, settings, top_p=True)
+    for row, kw in enumerate(configs):
+        expected_scores, expected_token = _transformers_choice(logits[row], history[row], int(sampled[row]), kw, noise[row])
+        ours = warped[row] if kw["do_sample"] else scores[row]
+        assert torch.equal(ours, expected_scores), row
+        assert int(tokens[row]) == expected_token, row
+    assert int(tokens[0]) != eos and int(tokens[4]) == eos  # banned below min_new_tokens, then allowed
+
+
+def test_counter_noise_is_exponential_independent_and_samples_the_distribution() -> None:
+    noise = CounterNoise(3072, torch.device("cpu"))
+    seeds = torch.arange(64, dtype=torch.long) * 1_000_003 + (1 << 40)
+    draws = noise.draw(seeds, torch.arange(16).repeat(64, 1), 3072).double().numpy()  # (64, 16, 3072)
+    flat = np.sort(draws.ravel())
+    ecdf = np.arange(1, flat.size + 1) / flat.size
+    assert np.abs(ecdf - (1 - np.exp(-flat))).max() < 2e-3  # Kolmogorov-Smirnov against Exp(1)
+    assert abs(flat.mean() - 1) < 5e-3 and flat.min() > 0
+    rows, lanes, counters = draws[:, 0, :].ravel(), draws[:, 0, :].T.ravel(), draws[0].ravel()
+    for series in (rows, lanes, counters):  # neighbours along any axis are uncorrelated
+        assert abs(np.corrcoef(series[:-1], series[1:])[0, 1]) < 0.02
+    again = noise.draw(seeds, torch.arange(16).repeat(64, 1), 3072).double().numpy()
+    np.testing.assert_array_equal(draws, again)
+    # The exponential race over these draws picks each category in proportion to its probability.
+    probs = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.05, 0.03, 0.015, 0.005])
+    race = noise.draw(torch.arange(20000, dtype=torch.long), torch.zeros(20000, 1, dtype=torch.long), 8)[:, 0]
+    counts = np.bincount((probs / race).argmax(-1).numpy(), minlength=8)
+    expected = probs.numpy() * 20000
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 24.3  # 7 degrees of freedom, p = 0.001
+
+
+def test_rows_are_reused_compacted_and_checked(cases: dict[str, Case]) -> None:
+    design, method, kw = cases["short"]
+    prompt = _prompt(design, method, kw, GREEDY)
+    batch = _batch(design, GREEDY, rows=8)
+    planned = row_bytes(design.model.config.talker_config.to_dict(), torch.float32, batch.max_len, batch.max_text)
+    assert batch.bytes() <= 8 * planned  # the memory plan never counts less than a batch takes
+    assert batch.step().shape == (0, 17)
+    rows, _ = batch.admit([Admission(prompt, 50) for _ in range(5)])
+    assert rows == [0, 1, 2, 3, 4] and batch.free_rows == 3
+    batch.release(2)
+    assert batch.admit([Admission(prompt, 50)])[0] == [2]  # a freed row is reused at once
+    for row in (0, 1, 2):
+        batch.release(row)
+    assert batch.step().shape == (8, 17)  # rows 3 and 4 need the bucket of 8
+    assert batch.compact() == [(4, 0), (3, 1)]  # two rows fit the bucket of 2: the top rows move down
+    assert batch.active_rows() == [0, 1] and batch.compact() == []
+    assert batch.step().shape == (2, 17)
+    too_long = Prompt(torch.zeros(1, 255, prompt.inputs_embeds.shape[2]), prompt.attention_mask, prompt.trailing_text_hidden,
+                      prompt.tts_pad_embed, prompt.talker_kwargs)  # fmt: skip
+    with pytest.raises(EngineError, match="positions"):
+        batch.admit([Admission(too_long, 10)])
+    sampled = Prompt(prompt.inputs_embeds, prompt.attention_mask, prompt.trailing_text_hidden, prompt.tts_pad_embed,
+                     {**prompt.talker_kwargs, "do_sample": True})  # fmt: skip
+    with pytest.raises(EngineError, match="sampling"):
+        batch.admit([Admission(sampled, 10)])
+    assert batch.in_use == 2 and batch.free_rows == 6
+
+
+def test_memory_plan() -> None:
+    gib = 1 << 30
+    config = {"num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "hidden_size": 2048,
+              "vocab_size": 3072, "num_code_groups": 16,
+              "code_predictor_config": {"num_hidden_layers": 5, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+                                        "vocab_size": 2048}}  # fmt: skip
+    per_row = row_bytes(config, torch.bfloat16, 2048, 512)
+    kv = 28 * 2 * 8 * 2048 * 128 * 2
+    assert kv == 234_881_024 and kv < per_row < kv + 20 * (1 << 20)  # the talker's keys and values dominate a row
+    weights, rows = {"design": 4 * gib, "base": 4 * gib}, {"design": per_row, "base": per_row}
+    assert plan_memory(weights, rows, None, reserve=0, max_rows=64) == ("both", {"design": 64, "base": 64})
+    assert plan_memory(weights, rows, 80 * gib, reserve=3 * gib, max_rows=64) == ("both", {"design": 64, "base": 64})
+    mode, shared = plan_memory(weights, rows, 20 * gib, reserve=3 * gib, max_rows=64)
+    assert mode == "both" and shared["design"] == shared["base"] == (9 * gib) // (2 * per_row)
+    mode, alone = plan_memory(weights, rows, 9 * gib, reserve=3 * gib, max_rows=64)
+    assert mode == "one" and alone == {"design": (2 * gib) // per_row, "base": (2 * gib) // per_row}
+    with pytest.raises(EngineError, match="not enough memory"):
+        plan_memory(weights, rows, 7 * gib, reserve=3 * gib, max_rows=64)
