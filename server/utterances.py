@@ -2,7 +2,7 @@
 
 Each utterance runs as its own task: text goes through the speech layer to
 the engine, audio comes back into the session's sink. However it ends
-(spoken, cancelled, failed, the client gone), one ``finally`` closes it: the
+(spoken, cancelled, failed, the client gone), ``_finish`` closes it once: the
 sink is told, and the connection sends the ``done`` that ends every speak.
 """
 
@@ -108,6 +108,9 @@ class Utterances:
         running.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running.task
+        if running.utterance.id in self._open:
+            # Cancelled before its task first ran: the body, and its finally, never did.
+            self._finish(running.utterance, spoken=False, failure=None)
 
     async def _run(self, utterance: Utterance) -> None:
         failure: MineStreamError | None = None
@@ -125,19 +128,23 @@ class Utterances:
             log.exception("utterance %s failed", utterance.id)
             failure = EngineError("synthesis failed")
         finally:
-            running = self._open.pop(utterance.id, None)
-            if not spoken:
-                self._sink.discard(utterance.id)
-            if failure is not None:
-                self._connection.send_error(failure, id=utterance.id)
-            if spoken and utterance.rtf is not None:
-                metrics.RTF.observe(utterance.rtf)
-            for _ in range(running.flushes_at_end if running and spoken else 0):
-                self._connection.send_about(Flushed(utterance.id))
-            self._connection.send_done(
-                utterance.id, cancelled=not spoken, audio_ms=utterance.audio_ms, ttfa_ms=utterance.ttfa_ms, rtf=utterance.rtf
-            )
-            self._log(utterance, "spoken" if spoken else failure.code if failure else "cancelled")
+            self._finish(utterance, spoken=spoken, failure=failure)
+
+    def _finish(self, utterance: Utterance, *, spoken: bool, failure: MineStreamError | None) -> None:
+        """However the utterance ended: tell the sink, send its error and the ``done`` it ends with."""
+        running = self._open.pop(utterance.id, None)
+        if not spoken:
+            self._sink.discard(utterance.id)
+        if failure is not None:
+            self._connection.send_error(failure, id=utterance.id)
+        if spoken and utterance.rtf is not None:
+            metrics.RTF.observe(utterance.rtf)
+        for _ in range(running.flushes_at_end if running and spoken else 0):
+            self._connection.send_about(Flushed(utterance.id))
+        self._connection.send_done(
+            utterance.id, cancelled=not spoken, audio_ms=utterance.audio_ms, ttfa_ms=utterance.ttfa_ms, rtf=utterance.rtf
+        )
+        self._log(utterance, "spoken" if spoken else failure.code if failure else "cancelled")
 
     async def _deliver(self, utterance: Utterance, event: SpeechEvent) -> None:
         match event:

@@ -510,3 +510,13 @@ async def test_flush_after_end_is_answered_before_done(client: Client) -> None:
     assert kinds(messages)[-2:] == ["flushed", "done"]
     await client.send("flush", id="e")
     assert kinds([await client.next()]) == ["error:unknown_id"]
+
+
+async def test_a_cancel_that_comes_before_the_utterance_starts_still_ends_it(client: Client) -> None:
+    for i in range(12):  # more than max_open_utterances: a lost cancel would use up the session
+        await client.send("speak", id=f"c{i}", text="", voice={"design": "calm"}, final=False)
+        await client.send("cancel", id=f"c{i}")  # no await point between: the task has not run
+        done = (await client.until("done", id=f"c{i}"))[-1]
+        assert done["cancelled"] is True
+    assert len(client.session.utterances) == 0
+    assert kinds(await client.speak("ok", "Still room."))[-1] == "done"
