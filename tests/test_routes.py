@@ -67,32 +67,6 @@ def test_voice_creation_errors(http: TestClient, body: dict[str, object], status
     assert response.status_code == status and response.json()["error"]["code"] == code
 
 
-def test_speech_streams_wav_and_pcm(http: TestClient, engine: MockEngine) -> None:
-    text = "Hello over HTTP."
-    wav = http.post("/v1/audio/speech", json={"input": text, "voice": "alloy"})
-    assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav" and wav.content[:4] == b"RIFF"
-    pcm = http.post("/v1/audio/speech", json={"input": text, "instructions": "calm", "response_format": "pcm"})
-    samples = np.frombuffer(pcm.content, dtype="<i2")
-    assert len(samples) == len(text) * MS_PER_CHAR * SAMPLE_RATE // 1000
-    assert engine.requests[-1].voice.design == "calm"
-
-
-@pytest.mark.parametrize(
-    ("body", "status", "code"),
-    [
-        ({"voice": "alloy"}, 400, "bad_message"),
-        ({"input": "hi", "voice": "nobody-saved-this"}, 404, "voice_not_found"),
-        ({"input": "hi", "voice": "alloy", "response_format": "mp3"}, 400, "bad_message"),
-        ({"input": "x" * 201, "voice": "alloy"}, 429, "limit"),
-        ({"input": "... !?", "voice": "alloy"}, 400, "bad_message"),
-        ({"input": "Hallo.", "voice": "alloy", "language": "klingon"}, 400, "unavailable"),
-    ],
-)
-def test_speech_refuses_what_the_socket_refuses(http: TestClient, body: dict[str, object], status: int, code: str) -> None:
-    response = http.post("/v1/audio/speech", json=body)
-    assert response.status_code == status and response.json()["error"]["code"] == code
-
-
 def test_the_socket_route_speaks_protocol_v1(http: TestClient) -> None:
     with http.websocket_connect("/v1/stream") as ws:
         ws.send_json({"type": "hello", "protocol": 1})
