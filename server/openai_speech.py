@@ -27,6 +27,7 @@ import base64
 import json
 import logging
 import math
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -141,7 +142,8 @@ async def _speech(request: Request) -> Response:
     except BaseException:
         await stream.close()
         raise
-    headers = {"X-Sample-Rate": str(SAMPLE_RATE), "Cache-Control": "no-cache"}
+    # OpenAI's SDKs (and LiveKit's logs) read x-request-id.
+    headers = {"X-Sample-Rate": str(SAMPLE_RATE), "Cache-Control": "no-cache", "X-Request-Id": "req_" + secrets.token_hex(12)}
     if params.sse:
         return _SpeechResponse(stream, _sse(stream, len(params.text)), media_type="text/event-stream", headers=headers)
     return _SpeechResponse(stream, _raw(stream), media_type=stream.content_type, headers=headers)

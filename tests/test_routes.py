@@ -7,14 +7,13 @@ import wave
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
 from server.app import create_app
 from server.audio import SAMPLE_RATE
 from server.config import Limits, Settings
-from server.engines.mock import MS_PER_CHAR, MockEngine
+from server.engines.mock import MockEngine
 from tests.test_session import speech_wav
 
 
