@@ -289,9 +289,9 @@ class SpeechStream:
     def __init__(self, audio: AsyncIterator[np.ndarray], encoding: EncodingStream, streams: _Streams) -> None:
         self._audio = audio
         self._encoding = encoding
-        self._streams: _Streams | None = None
+        self._streams = streams
+        self._counted = False
         self._first: np.ndarray | None = None
-        self._counted = streams
 
     @property
     def content_type(self) -> str:
@@ -304,11 +304,11 @@ class SpeechStream:
 
     async def start(self) -> None:
         """Takes a slot and waits for the engine's first audio: a request that makes none fails as a whole."""
-        streams = self._counted
+        streams = self._streams
         if streams.open >= streams.limit:
             raise LimitExceeded(f"the server is streaming its limit of {streams.limit} speech responses; try again soon")
         streams.open += 1
-        self._streams = streams
+        self._counted = True
         try:
             self._first = await anext(self._audio)
         except StopAsyncIteration:
@@ -338,9 +338,9 @@ class SpeechStream:
 
     async def close(self) -> None:
         self._encoding.close()
-        if self._streams is not None:
+        if self._counted:
             self._streams.open -= 1
-            self._streams = None
+            self._counted = False
         await self._audio.aclose()  # type: ignore[attr-defined]  # stops the engine's work
 
 
