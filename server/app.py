@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from . import http_api, metrics
+from . import http_api, metrics, openai_speech
 from .auth import load_or_create_token
 from .bodies import BodyLimit
 from .config import Settings
@@ -61,7 +61,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/v1/voices/{voice_id}", http_api.rename_voice, methods=["PATCH"]),
         Route("/v1/voices/{voice_id}", http_api.delete_voice, methods=["DELETE"]),
         Route("/v1/voices/{voice_id}/audio", http_api.voice_audio, methods=["GET"]),
-        Route("/v1/audio/speech", http_api.speech, methods=["POST"]),
+        Route("/v1/audio/speech", openai_speech.speech, methods=["POST"]),
         Route("/healthz", http_api.healthz),
         Route("/livez", http_api.livez),
         Route("/readyz", http_api.readyz),

@@ -1,43 +1,24 @@
-"""The HTTP API: the voice library, OpenAI-compatible speech, health, CA, metrics."""
+"""The HTTP API: the voice library, health, CA, metrics (OpenAI's speech endpoint is ``openai_speech``)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import prometheus_client
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 
-from .audio import streaming_wav_header, to_pcm_bytes
 from .auth import require_token
 from .errors import BadMessage, MineStreamError, TooLarge, VoiceNotFound
 from .ingest import decode_bytes
-from .protocol import VoiceRef
 from .reference import prepare_reference
-from .speak_request import check_language, check_text, resolve_voice
-from .speech import Utterance, speak_audio
 from .state import ServerState
 from .tls import CA_CERT
 
 MAX_UPLOAD_BYTES = 25 << 20
-# OpenAI's stock voice names, so its SDKs work unchanged: each is a design.
-OPENAI_VOICES = {
-    "alloy": "a neutral, balanced, clear voice",
-    "ash": "a warm, confident male voice",
-    "ballad": "a soft, gentle, expressive voice",
-    "coral": "a bright, cheerful female voice",
-    "echo": "a deep, calm male voice",
-    "fable": "a warm, expressive storyteller",
-    "onyx": "a very deep, authoritative male voice",
-    "nova": "a bright, energetic young female voice",
-    "sage": "a calm, measured, wise voice",
-    "shimmer": "a soft, gentle female voice",
-    "verse": "a lively, expressive voice",
-}
 
 
 def _state(request: Request) -> ServerState:
@@ -51,7 +32,7 @@ def error_response(exc: MineStreamError) -> JSONResponse:
     return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status, headers=headers)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request) -> dict[str, Any]:
     """The JSON object in the body (its size is bounded while it streams: ``server.bodies``)."""
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if kind != "application/json" and not kind.endswith("+json"):
@@ -84,7 +65,7 @@ async def get_voice(request: Request) -> Response:
 
 async def rename_voice(request: Request) -> Response:
     require_token(request)
-    data = await _json_body(request)
+    data = await json_body(request)
     if not isinstance(data.get("name"), str):
         raise BadMessage("'name' is required")
     record = await _state(request).library.rename(request.path_params["voice_id"], data["name"])
@@ -114,7 +95,7 @@ async def create_voice(request: Request) -> Response:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         record = await _create_clone(request, state)
     else:
-        data = await _json_body(request)
+        data = await json_body(request)
         design = data.get("design")
         if not isinstance(design, str) or not design.strip():
             raise BadMessage("'design' (a description) is required, or upload a recording as multipart 'file'")
@@ -148,52 +129,6 @@ async def _create_clone(request: Request, state: ServerState) -> Any:
         audio=audio,
         ref_text=ref_text if isinstance(ref_text, str) and ref_text.strip() else None,
     )
-
-
-# --- speech -------------------------------------------------------------------------
-
-
-async def speech(request: Request) -> Response:
-    """OpenAI-compatible ``POST /v1/audio/speech``; the body streams as it is generated."""
-    require_token(request)
-    state = _state(request)
-    data = await _json_body(request)
-    text, fmt = data.get("input"), data.get("response_format", "wav")
-    if not isinstance(text, str):
-        raise BadMessage("'input' (the text to speak) is required")
-    check_text(text, state.settings.limits)
-    language = str(data.get("language") or "auto")
-    check_language(state.engine, language, text)
-    if fmt not in ("wav", "pcm"):
-        raise BadMessage("'response_format' must be 'wav' or 'pcm' (16-bit mono 24 kHz)")
-    ref = await _speech_voice(state, data.get("voice"), data.get("instructions"))
-    voice = await resolve_voice(ref, state.engine, state.library)
-    utterance = Utterance("http", voice, language, owner=f"http-{id(request)}")
-    utterance.add_text(text)
-    utterance.end()
-
-    async def body() -> AsyncIterator[bytes]:
-        if fmt == "wav":
-            yield streaming_wav_header()
-        async for chunk in speak_audio(state.engine, utterance, state.audio_budget):
-            yield to_pcm_bytes(chunk, "pcm_s16le")
-
-    media = "audio/wav" if fmt == "wav" else "audio/pcm"
-    return StreamingResponse(body(), media_type=media, headers={"X-Sample-Rate": "24000"})
-
-
-async def _speech_voice(state: ServerState, name: object, instructions: object) -> VoiceRef:
-    """OpenAI's ``voice``: a saved voice's id or name, or a stock name; ``instructions`` designs one."""
-    if isinstance(instructions, str) and instructions.strip():
-        return VoiceRef(design=instructions[:2000])
-    if not isinstance(name, str) or not name:
-        raise BadMessage("'voice' (a saved voice id or name) or 'instructions' (a description) is required")
-    for record in await state.library.all():
-        if name in (record.id, record.name):
-            return VoiceRef(voice_id=record.id)
-    if name.lower() in OPENAI_VOICES:
-        return VoiceRef(design=OPENAI_VOICES[name.lower()])
-    raise VoiceNotFound(f"no saved voice named {name[:64]!r}; pass 'instructions' to design one")
 
 
 # --- the rest --------------------------------------------------------------------------

@@ -29,8 +29,10 @@ import msgpack
 from .errors import BadMessage, DuplicateId, MineStreamError, NotReady, Overloaded, TooLarge, UnknownType
 
 PROTOCOL_VERSION = 1
-FORMATS = ("pcm_s16le", "pcm_f32le")
+FORMATS = ("pcm_s16le", "pcm_f32le", "opus")
 SAMPLE_RATES = (24000, 16000, 22050, 44100, 48000)
+OPUS_SAMPLE_RATES = (24000, 48000)
+"""``format: "opus"``: each utterance's audio is one Ogg/Opus stream, at one of these input rates."""
 MAX_ID_CHARS = 128
 MAX_ECHO_CHARS = 256
 MAX_BEFORE_HELLO = 8
@@ -187,8 +189,9 @@ def _parse_hello(f: _Fields, text_frame: bool) -> Hello:
     if fmt not in FORMATS:
         raise BadMessage(f"'format' must be one of {', '.join(FORMATS)}")
     rate = f.obj.get("sample_rate", 24000)
-    if rate not in SAMPLE_RATES or isinstance(rate, bool):
-        raise BadMessage(f"'sample_rate' must be one of {', '.join(map(str, SAMPLE_RATES))}")
+    rates = OPUS_SAMPLE_RATES if fmt == "opus" else SAMPLE_RATES
+    if rate not in rates or isinstance(rate, bool):
+        raise BadMessage(f"'sample_rate' must be one of {', '.join(map(str, rates))}" + (" for opus" if fmt == "opus" else ""))
     return Hello(protocol, f.text("token", required=False, max_len=512), fmt, rate, f.flag("segments", False))
 
 

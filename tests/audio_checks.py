@@ -22,3 +22,33 @@ def assert_speech(pcm: np.ndarray, rate: int, text: str) -> None:
     assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 0.01, "audio is (nearly) silent"
     active = active_fraction(pcm, rate)
     assert 0.3 < active < 0.99, f"{active:.0%} of frames are active: not speech-like"
+
+
+def decode(data: bytes, fmt: str, rate: int = 24000) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and their rate, as FFmpeg (PyAV) decodes ``data`` in OpenAI's ``fmt``."""
+    import io
+
+    import av
+
+    raw = fmt == "pcm"
+    options = {"sample_rate": str(rate), "ch_layout": "mono"} if raw else None
+    with av.open(io.BytesIO(data), "r", format="s16le" if raw else None, options=options) as container:
+        stream = container.streams.audio[0]
+        frames = [frame.to_ndarray().reshape(-1) for frame in container.decode(stream)]
+        decoded_rate = int(stream.rate)
+    samples: np.ndarray = np.concatenate(frames) if frames else np.zeros(0, np.float32)
+    scale = 32768.0 if samples.dtype == np.int16 else 2.0**31 if samples.dtype == np.int32 else 1.0
+    return (samples / scale).astype(np.float32), decoded_rate
+
+
+CONTAINERS = {"mp3": "mp3", "opus": "ogg", "aac": "aac", "flac": "flac", "wav": "wav"}
+"""The FFmpeg demuxer that must recognise each of OpenAI's formats."""
+
+
+def container_of(data: bytes) -> str:
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(data), "r") as container:
+        return str(container.format.name.split(",")[0])

@@ -7,14 +7,13 @@ import wave
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
 from server.app import create_app
 from server.audio import SAMPLE_RATE
 from server.config import Limits, Settings
-from server.engines.mock import MS_PER_CHAR, MockEngine
+from server.engines.mock import MockEngine
 from tests.test_session import speech_wav
 
 
@@ -64,32 +63,6 @@ def test_the_voice_library_round_trip(http: TestClient) -> None:
 )
 def test_voice_creation_errors(http: TestClient, body: dict[str, object], status: int, code: str) -> None:
     response = http.post("/v1/voices", **body)  # type: ignore[arg-type]
-    assert response.status_code == status and response.json()["error"]["code"] == code
-
-
-def test_speech_streams_wav_and_pcm(http: TestClient, engine: MockEngine) -> None:
-    text = "Hello over HTTP."
-    wav = http.post("/v1/audio/speech", json={"input": text, "voice": "alloy"})
-    assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav" and wav.content[:4] == b"RIFF"
-    pcm = http.post("/v1/audio/speech", json={"input": text, "instructions": "calm", "response_format": "pcm"})
-    samples = np.frombuffer(pcm.content, dtype="<i2")
-    assert len(samples) == len(text) * MS_PER_CHAR * SAMPLE_RATE // 1000
-    assert engine.requests[-1].voice.design == "calm"
-
-
-@pytest.mark.parametrize(
-    ("body", "status", "code"),
-    [
-        ({"voice": "alloy"}, 400, "bad_message"),
-        ({"input": "hi", "voice": "nobody-saved-this"}, 404, "voice_not_found"),
-        ({"input": "hi", "voice": "alloy", "response_format": "mp3"}, 400, "bad_message"),
-        ({"input": "x" * 201, "voice": "alloy"}, 429, "limit"),
-        ({"input": "... !?", "voice": "alloy"}, 400, "bad_message"),
-        ({"input": "Hallo.", "voice": "alloy", "language": "klingon"}, 400, "unavailable"),
-    ],
-)
-def test_speech_refuses_what_the_socket_refuses(http: TestClient, body: dict[str, object], status: int, code: str) -> None:
-    response = http.post("/v1/audio/speech", json=body)
     assert response.status_code == status and response.json()["error"]["code"] == code
 
 

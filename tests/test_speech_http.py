@@ -1,4 +1,4 @@
-"""``POST /v1/audio/speech``, OpenAI-compatible, streaming."""
+"""``POST /v1/audio/speech`` in its older forms (wav and pcm, stock and saved voices); the full OpenAI surface is in test_openai_sdk.py."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def wav_pcm(body: bytes) -> tuple[np.ndarray, int]:
 
 
 def test_wav_with_instructions_streams(server: Any) -> None:
-    with server.http() as http, http.stream("POST", "/v1/audio/speech", json={"model": "x", "input": TEXT, "voice": "alloy", "instructions": "calm"}) as response:
+    with server.http() as http, http.stream("POST", "/v1/audio/speech", json={"model": "x", "input": TEXT, "voice": "alloy", "instructions": "calm", "response_format": "wav"}) as response:
         assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
         pieces = list(response.iter_bytes())
     pcm, rate = wav_pcm(b"".join(pieces))

@@ -4,6 +4,7 @@
 
 import * as api from './api.js';
 import { Connection } from './protocol.js';
+import { opusSupport } from './opus.js';
 import { RtcConnection, preferRtc } from './rtc.js';
 import { Link } from './transport.js';
 import { Player, SOURCE_RATE } from './player.js';
@@ -62,6 +63,39 @@ function chosenTransport() {
   return preferRtc() ? 'webrtc' : 'websocket';
 }
 
+// What the WebSocket carries: PCM (the default: no decoding between the
+// socket and the speaker) or Opus pages, for slow or metered networks.
+const FORMAT_KEY = 'minestream.wsFormat';
+const opusProblem = await opusSupport();
+
+function chosenFormat() {
+  let saved = null;
+  try {
+    saved = localStorage.getItem(FORMAT_KEY);
+  } catch {
+    /* storage blocked: the default */
+  }
+  return saved === 'opus' && !opusProblem ? 'opus' : 'pcm_s16le';
+}
+
+function showFormat(kind) {
+  ui.wsFormat.value = chosenFormat();
+  ui.wsFormat.disabled = kind === 'webrtc';
+  ui.wsFormat.querySelector('option[value=opus]').disabled = !!opusProblem;
+  const hint = kind === 'webrtc' ? 'WebRTC carries its own Opus on the call.' : opusProblem ? `Opus is off: ${opusProblem}.` : '';
+  ui.wsFormatHint.hidden = !hint;
+  ui.wsFormatHint.textContent = hint;
+}
+
+ui.wsFormat.addEventListener('change', () => {
+  try {
+    localStorage.setItem(FORMAT_KEY, ui.wsFormat.value);
+  } catch {
+    /* not remembered, still used */
+  }
+  if (link.transport === 'websocket') useTransport('websocket');
+});
+
 /** Open a session over `kind`; whatever was playing or recording is cut first. */
 function useTransport(kind) {
   if (talk.live) talk.stop('Stopped: the transport changed.');
@@ -69,7 +103,8 @@ function useTransport(kind) {
   const conn =
     kind === 'webrtc'
       ? new RtcConnection({ token: api.getToken })
-      : new Connection({ token: api.getToken, format: 'pcm_s16le', sampleRate: SOURCE_RATE });
+      : new Connection({ token: api.getToken, format: chosenFormat(), sampleRate: SOURCE_RATE });
+  showFormat(kind);
   link.use(conn);
   conn.connect();
   // Play the speech track from the start: Chromium does not drain a remote

@@ -10,6 +10,7 @@ export function showFigures(root, fig) {
     chunks: (v) => String(v),
     underruns: (v) => String(v),
     audioMs: (v) => `${(v / 1000).toFixed(2)} s`,
+    bytesIn: (v) => (v < 10240 ? `${v} B` : `${(v / 1024).toFixed(0)} KiB`),
   };
   for (const dd of root.querySelectorAll('[data-figure]')) {
     const key = dd.dataset.figure;

@@ -17,6 +17,8 @@ export const ui = {
   text: $('text'),
   language: $('language'),
   streamDemo: $('stream-demo'),
+  wsFormat: $('ws-format'),
+  wsFormatHint: $('ws-format-hint'),
   voiceCurrent: $('voice-current'),
   speak: $('speak'),
   stop: $('stop'),

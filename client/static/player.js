@@ -1,9 +1,10 @@
 // Player: the AudioContext, the jitter-buffer worklet and the resampler.
 //
 // One utterance plays at a time: begin(id), push(pcm)..., end(), or stop() to
-// cut it (barge-in). PCM arrives as 16-bit little-endian at the server's rate;
-// it is converted and resampled here, on the main thread, and handed to the
-// worklet, which plays it on the audio clock.
+// cut it (barge-in). PCM arrives as 16-bit little-endian at the server's rate
+// (or as float samples from the Opus decoder, at 48 kHz); it is converted and
+// resampled here, on the main thread, and handed to the worklet, which plays
+// it on the audio clock.
 
 import { Resampler } from './resampler.js';
 
@@ -17,6 +18,7 @@ export class Player {
     this.analyser = null;
     this.ready = null; // resolves once the worklet node exists
     this.resampler = null;
+    this.resamplers = new Map(); // source rate -> Resampler, for audio not at SOURCE_RATE (Opus)
     this.id = null;
     this.stats = { state: 'idle', underruns: 0, maxPeak: 0, playedMs: 0, bufferedMs: 0 };
     this.listeners = {};
@@ -82,6 +84,7 @@ export class Player {
     this.unlock();
     this.id = id;
     this.resampler.reset();
+    for (const r of this.resamplers.values()) r.reset();
     this.#post({ type: 'begin', id });
   }
 
@@ -92,8 +95,9 @@ export class Player {
     this.pushFloat(f);
   }
 
-  pushFloat(samples) {
-    const out = this.resampler.process(samples);
+  /** @param {Float32Array} samples @param {number} [rate] their rate */
+  pushFloat(samples, rate = SOURCE_RATE) {
+    const out = this.#resamplerFor(rate).process(samples);
     if (out.length) {
       // Copy when the resampler passed its input through: we transfer the buffer.
       const own = out.buffer === samples.buffer ? out.slice() : out;
@@ -101,10 +105,19 @@ export class Player {
     }
   }
 
+  #resamplerFor(rate) {
+    if (rate === SOURCE_RATE) return this.resampler;
+    let r = this.resamplers.get(rate);
+    if (!r) this.resamplers.set(rate, (r = new Resampler(rate, this.ctx.sampleRate)));
+    return r;
+  }
+
   /** No more audio for this utterance: play out what is queued. */
   end() {
-    const tail = this.resampler.flush();
-    if (tail.length) this.#post({ type: 'push', samples: tail }, [tail.buffer]);
+    for (const r of [this.resampler, ...this.resamplers.values()]) {
+      const tail = r.flush();
+      if (tail.length) this.#post({ type: 'push', samples: tail }, [tail.buffer]);
+    }
     this.#post({ type: 'end' });
   }
 

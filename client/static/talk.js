@@ -2,10 +2,12 @@
 // its figures, Stop (barge-in) and the WAV download.
 //
 // Two outputs, by transport: over the WebSocket, `audio` messages feed the
-// Player (worklet jitter buffer); over WebRTC the speech plays on the call's
-// track (RtcOutput). Both report audible / underrun / drained the same way.
+// Player (worklet jitter buffer), as PCM or as Ogg/Opus pages decoded by
+// WebCodecs (opus.js); over WebRTC the speech plays on the call's track
+// (RtcOutput). Both report audible / underrun / drained the same way.
 
 import { base64ToBytes, bytesToInt16, newId } from './protocol.js';
+import { OggOpusStream } from './opus.js';
 import { SOURCE_RATE } from './player.js';
 import { showFigures, wavBlob } from './figures.js';
 import { debug, log, notice, setStatus, ui } from './page.js';
@@ -99,8 +101,8 @@ export class Talk {
     const id = newId('u');
     const rtc = this.rtc;
     // Over WebRTC there are no chunks to count or keep: those figures are n/a (null).
-    const fig = { chunks: rtc ? null : 0, underruns: 0, firstChunk: rtc ? null : undefined };
-    const u = { id, t0, rtc, chunks: 0, pcm: [], underruns: 0, fig, finished: false };
+    const fig = { chunks: rtc ? null : 0, underruns: 0, firstChunk: rtc ? null : undefined, bytesIn: rtc ? null : 0 };
+    const u = { id, t0, rtc, chunks: 0, pcm: [], rate: SOURCE_RATE, bytes: 0, opus: null, underruns: 0, fig, finished: false };
     this.utter = u;
     debug.utterances.push(u);
     const out = this.output;
@@ -141,6 +143,7 @@ export class Talk {
     const u = this.utter;
     if (!this.live) return;
     clearInterval(u.feeder);
+    u.opus?.close();
     this.output.stop();
     if (!u.done && this.link.isReady) this.link.send({ type: 'cancel', id: u.id });
     u.cancelled = true;
@@ -152,6 +155,7 @@ export class Talk {
 
   /** The utterance is lost (connection dropped, server error): silence it. */
   #cut(message, kind) {
+    this.utter.opus?.close();
     (this.utter.rtc ? this.rtcOut : this.player).stop();
     this.utter.done = true;
     this.#finish(message, kind);
@@ -172,10 +176,10 @@ export class Talk {
     const u = this.utter;
     if (!u) return;
     const f = u.fig;
-    if (!u.rtc) f.chunks = u.chunks;
+    if (!u.rtc) Object.assign(f, { chunks: u.chunks, bytesIn: u.bytes });
     f.underruns = u.underruns;
     // The server's figure once it is done; until then (or when cut) what arrived.
-    const received = u.rtc ? u.heardMs : (u.pcm.reduce((n, c) => n + c.length, 0) * 1000) / SOURCE_RATE;
+    const received = u.rtc ? u.heardMs : (u.pcm.reduce((n, c) => n + c.length, 0) * 1000) / u.rate;
     f.audioMs = u.done && !u.cancelled && u.serverAudioMs != null ? u.serverAudioMs : received || undefined;
     showFigures(ui.figures, f);
   }
@@ -185,11 +189,31 @@ export class Talk {
     const u = this.utter;
     if (!u || msg.id !== u.id || u.cancelled) return; // late audio of a cut utterance
     const bytes = base64ToBytes(msg.data);
-    const pcm = this.link.info?.format === 'pcm_f32le' ? floatToInt16(bytes) : bytesToInt16(bytes);
     if (u.chunks === 0) u.fig.firstChunk = performance.now() - u.t0;
     u.chunks++;
-    u.pcm.push(pcm);
-    this.player.push(pcm);
+    u.bytes += bytes.length;
+    const format = this.link.info?.format;
+    if (format === 'opus') {
+      // The first message of an utterance starts its Ogg stream (the headers).
+      u.opus ||= new OggOpusStream(
+        (samples, rate) => this.#decoded(u, samples, rate),
+        (err) => this.utter === u && this.#cut(`The Opus audio could not be decoded: ${err.message}`, 'error'),
+      );
+      u.opus.push(bytes);
+    } else {
+      const pcm = format === 'pcm_f32le' ? floatToInt16(bytes) : bytesToInt16(bytes);
+      u.pcm.push(pcm);
+      this.player.push(pcm);
+    }
+    this.#figures();
+  }
+
+  /** Samples the Opus decoder made for `u` (it calls back after the message that carried them). */
+  #decoded(u, samples, rate) {
+    if (this.utter !== u || u.cancelled) return;
+    u.rate = rate;
+    u.pcm.push(floatSamplesToInt16(samples));
+    this.player.pushFloat(samples, rate);
     this.#figures();
   }
 
@@ -204,6 +228,9 @@ export class Talk {
     if (msg.cancelled) {
       out.stop();
       this.#finish('Stopped.');
+    } else if (u.opus) {
+      // The decoder may still hold the last pages: play out once it has given them.
+      u.opus.flush().then(() => this.utter === u && !u.cancelled && out.end());
     } else {
       // Play out what is queued (WebSocket) or still in the browser's jitter
       // buffer (WebRTC: `done` follows the last frame sent); 'drained' finishes.
@@ -232,7 +259,7 @@ export class Talk {
     const u = this.utter;
     if (!u?.pcm.length) return;
     const a = document.createElement('a');
-    a.href = URL.createObjectURL(wavBlob(u.pcm, SOURCE_RATE));
+    a.href = URL.createObjectURL(wavBlob(u.pcm, u.rate));
     a.download = `minestream-${u.id}.wav`;
     a.click();
     setTimeout(() => URL.revokeObjectURL(a.href), 10000);
@@ -240,7 +267,10 @@ export class Talk {
 }
 
 function floatToInt16(bytes) {
-  const f = new Float32Array(bytes.slice().buffer);
+  return floatSamplesToInt16(new Float32Array(bytes.slice().buffer));
+}
+
+function floatSamplesToInt16(f) {
   const out = new Int16Array(f.length);
   for (let i = 0; i < f.length; i++) out[i] = Math.max(-32768, Math.min(32767, Math.round(f[i] * 32767)));
   return out;
