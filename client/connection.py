@@ -80,15 +80,21 @@ class Client:
         encoding: str = "msgpack",
         origin: str | None = None,
         timeouts: Timeouts | None = None,
+        segments: bool = False,
     ) -> Connecting:
         """Open a session: ``async with Client.connect(url) as client:`` or ``client = await Client.connect(url)``.
 
         ``ssl`` is the TLS context to use; without it, ``ca`` (a PEM file) is
         trusted on top of the system's CAs, and ``insecure`` skips verification.
         ``encoding`` is ``msgpack`` (binary frames) or ``json`` (text frames).
+        ``segments`` asks the server for a ``segment`` before each piece's
+        audio (``Speech.events()``, ``Speech.segments``): which text it speaks
+        and where its audio starts.
         """
         context = ssl if ssl is not None else ssl_context(ca, insecure=insecure) if url.startswith("wss:") else None
         hello: dict[str, Any] = {"type": "hello", "protocol": 1, "format": format, "sample_rate": sample_rate}
+        if segments:
+            hello["segments"] = True
         if token is not None:
             hello["token"] = token
         headers = {"Origin": origin} if origin else None
