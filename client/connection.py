@@ -138,6 +138,11 @@ class Client:
         await asyncio.shield(self._reader)
 
     @property
+    def open_utterances(self) -> int:
+        """Utterances spoken on this session whose ``done`` has not come yet."""
+        return len(self._utterances)
+
+    @property
     def voices(self) -> VoiceLibrary:
         """The server's voice library (``/v1/voices`` over HTTPS, same token and trust)."""
         if self._voices is None:

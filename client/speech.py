@@ -69,6 +69,11 @@ class Speech:
             self._text_complete()
 
     @property
+    def client(self) -> Client:
+        """The session this utterance is spoken on."""
+        return self._client
+
+    @property
     def ttfa_ms(self) -> float | None:
         """Client-side time to first audio: ``speak`` sent to first audio received."""
         return None if self.first_audio is None else (self.first_audio - self.sent) * 1000
