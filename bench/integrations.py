@@ -1,6 +1,7 @@
 """What the framework adapters add to time to first audio.
 
     python -m bench.integrations --url wss://127.0.0.1:8443/v1/stream --ca certs/ca.pem [--repeat 20]
+    python -m bench.integrations --mock-engine [--repeat 20]      # a server of its own, with a scripted engine
 
 For each adapter, the time from the framework's first text to its first
 audio frame, measured in the same run, round-robin, beside the same text
@@ -22,6 +23,11 @@ LiveKit's stream and Wyoming's streaming; whole for the others): the ratio of
 medians, and the median of the per-round differences (the adapter's cost in
 ms). The server's engine time is in both, so the difference is what the
 adapter and its framework add. Printed as Markdown (bench/RESULTS.md).
+
+With a real engine on a busy CPU the engine's time and its spread dwarf the
+adapters'; ``--mock-engine`` starts a server of its own on loopback (TLS,
+the real app and protocol) whose engine is ``MockEngine``, which answers at
+once, so what remains is the transports and the adapters.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -73,7 +80,15 @@ def direct(client: Client, *, streamed: bool) -> Measure:
 
 @contextlib.asynccontextmanager
 async def pipecat(url: str, ca: str | None, token: str | None) -> AsyncIterator[Measure]:
-    from pipecat.frames.frames import EndFrame, Frame, LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame, TTSAudioRawFrame, TTSStoppedFrame
+    from pipecat.frames.frames import (
+        EndFrame,
+        Frame,
+        LLMFullResponseEndFrame,
+        LLMFullResponseStartFrame,
+        LLMTextFrame,
+        TTSAudioRawFrame,
+        TTSStoppedFrame,
+    )
     from pipecat.pipeline.pipeline import Pipeline
     from pipecat.pipeline.task import PipelineParams
     from pipecat.pipeline.worker import PipelineWorker
@@ -165,7 +180,7 @@ async def wyoming(url: str, ca: str | None, token: str | None) -> AsyncIterator[
     command = [sys.executable, "-m", "server.wyoming", "--uri", f"tcp://127.0.0.1:{port}", "--url", url, "--log-level", "warning"]
     command += ["--ca", ca] if ca else []
     env = {**os.environ, **({"MINESTREAM_TOKEN": token} if token else {})}
-    bridge = subprocess.Popen(command, env=env)
+    bridge = await asyncio.create_subprocess_exec(*command, env=env)
 
     async def request(events: list[Any], last: str) -> float:
         began = time.perf_counter()
@@ -197,10 +212,10 @@ async def wyoming(url: str, ca: str | None, token: str | None) -> AsyncIterator[
     finally:
         bridge.send_signal(signal.SIGTERM)
         try:
-            bridge.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(bridge.wait(), 15)
+        except asyncio.TimeoutError:
             bridge.kill()
-            bridge.wait()
+            await bridge.wait()
 
 
 def _free_port() -> int:
@@ -209,16 +224,59 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+async def _wait_for_port(port: int, process: asyncio.subprocess.Process) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process.returncode is not None:
             raise RuntimeError(f"the Wyoming bridge exited with {process.returncode}")
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return
         await asyncio.sleep(0.1)
     raise RuntimeError("the Wyoming bridge did not start listening")
+
+
+# --- a server with the scripted engine ------------------------------------------------
+
+
+@contextlib.contextmanager
+def mock_server(folder: Path) -> Any:
+    """A MineStream server on loopback over TLS whose engine answers at once; yields (url, ca)."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bench.integrations", "--serve-mock", str(port), str(folder)])
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"the mock-engine server exited with {server.returncode}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the mock-engine server did not start listening")
+            time.sleep(0.1)
+        yield f"wss://127.0.0.1:{port}/v1/stream", str(folder / "certs" / "ca.pem")
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def serve_mock(port: int, folder: Path) -> None:
+    import uvicorn
+
+    from server.app import create_app
+    from server.config import Settings
+    from server.engines.mock import MockEngine
+    from server.tls import ensure_certificates
+
+    settings = Settings(host="127.0.0.1", port=port, data_dir=folder / "data", certs_dir=folder / "certs")
+    cert, key = ensure_certificates(settings.certs_dir)
+    app = create_app(settings, engine=MockEngine())
+    uvicorn.run(app, host="127.0.0.1", port=port, ssl_certfile=str(cert), ssl_keyfile=str(key), log_level="warning")
 
 
 # --- the run -------------------------------------------------------------------------
@@ -275,7 +333,7 @@ def table(samples: dict[str, list[float]], repeat: int) -> str:
             continue
         base_values = samples[base]
         ratio = p50 / statistics.median(base_values)
-        added = statistics.median(a - b for a, b in zip(values, base_values))
+        added = statistics.median(a - b for a, b in zip(values, base_values, strict=True))
         lines.append(f"| {name} | {p50:.1f} | {p90:.1f} | {base} | {ratio:.2f} | {added:+.1f} |")
     return "\n".join(lines)
 
@@ -293,9 +351,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", default=os.environ.get("MINESTREAM_TOKEN"), help="the server's token (default $MINESTREAM_TOKEN)")
     parser.add_argument("--repeat", type=int, default=20, help="measured rounds (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="rounds left out first (default 2)")
+    parser.add_argument("--mock-engine", action="store_true", help="start a server of its own whose engine answers at once")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--serve-mock", nargs=2, metavar=("PORT", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    print(asyncio.run(run(args)))
+    if args.serve_mock:
+        serve_mock(int(args.serve_mock[0]), Path(args.serve_mock[1]))
+        return
+    if not args.mock_engine:
+        print(asyncio.run(run(args)))
+        return
+    with tempfile.TemporaryDirectory() as folder, mock_server(Path(folder)) as (url, ca):
+        args.url, args.ca, args.token = url, ca, None
+        print(asyncio.run(run(args)))
 
 
 if __name__ == "__main__":

@@ -129,3 +129,30 @@ async def bounded(stream: Any) -> Any:
     async with asyncio.timeout(BOUND_S):
         async for event in stream:
             yield event
+
+
+async def test_utterances_beyond_a_sessions_limit_open_another_session(server_factory: Any) -> None:
+    small = server_factory("--max-open-utterances", "1")
+    tts = plugin(small)
+    try:
+        first, second = tts.stream(), tts.stream()
+        first.push_text(LONG)
+        await asyncio.wait_for(first.__anext__(), BOUND_S)  # the first session is now full
+        async with tts.synthesize("Meanwhile, another reply.") as chunked:
+            frames = [event.frame async for event in bounded(chunked)]
+        assert frames and first.speech is not None and chunked.speech is not None
+        assert chunked.speech.client is not first.speech.client and len(tts.pool.sessions) == 2
+        await first.aclose()
+        await second.aclose()
+    finally:
+        await tts.aclose()
+    assert tts.pool.sessions == []
+
+
+def test_update_options_changes_the_voice_of_later_utterances(server: LiveServer) -> None:
+    tts = minestream.TTS(url=server.ws_url, voice_id="v_saved")
+    assert tts.options.speak_options() == {"voice_id": "v_saved", "language": "auto"}
+    tts.update_options(design="a calm voice", language="en")
+    assert tts.options.speak_options() == {"design": "a calm voice", "language": "en"}
+    tts.update_options(voice_id="v_other")
+    assert tts.options.speak_options() == {"voice_id": "v_other", "language": "en"}
