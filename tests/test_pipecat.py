@@ -12,6 +12,7 @@ import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -188,3 +189,22 @@ async def test_a_saved_voice_is_selectable_and_an_unknown_one_is_an_error_not_a_
         await worker.queue_frame(TTSSpeakFrame("Nobody has this voice."))
         await until(lambda: len(done) == 1, "the refused utterance's done")
     assert done[0].cancelled and not recorder.audio()
+
+
+async def test_a_server_that_needs_a_token_gets_it_from_the_service(server_factory: Any) -> None:
+    guarded = server_factory(token="pipecat-s3cret")
+    tts, done = service(guarded, token="pipecat-s3cret")
+    async with running(tts) as (worker, recorder):
+        await worker.queue_frame(TTSSpeakFrame("With the token."))
+        await until(lambda: len(done) == 1, "the utterance's done")
+    assert not done[0].cancelled and recorder.audio() and tts.ready is not None
+    refused, _ = service(guarded, token="wrong")
+    failures: list[str] = []
+
+    @refused.event_handler("on_connection_error")
+    async def on_connection_error(_: MineStreamTTSService, error: str) -> None:
+        failures.append(error)
+
+    async with running(refused):
+        await until(lambda: failures, "the refused connection's error")
+    assert "unauthorized" in failures[0] and refused.ready is None
