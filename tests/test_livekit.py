@@ -156,3 +156,14 @@ def test_update_options_changes_the_voice_of_later_utterances(server: LiveServer
     assert tts.options.speak_options() == {"design": "a calm voice", "language": "en"}
     tts.update_options(voice_id="v_other")
     assert tts.options.speak_options() == {"voice_id": "v_other", "language": "en"}
+
+
+async def test_a_stream_ended_without_text_ends_quietly(server: LiveServer) -> None:
+    tts = plugin(server)
+    try:
+        async with tts.stream() as stream:
+            stream.end_input()
+            assert [event async for event in bounded(stream)] == []
+        assert stream.speech is None  # nothing was spoken on the server
+    finally:
+        await tts.aclose()

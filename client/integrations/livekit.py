@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl as ssl_module
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -150,10 +151,10 @@ class ChunkedStream(tts.ChunkedStream):
         super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
-        client, speech = await _speak(self._minestream, self._input_text, final=True, timeout=self._conn_options.timeout)
-        self.speech = speech
-        output_emitter.initialize(request_id=speech.id, sample_rate=client.sample_rate, num_channels=1, mime_type="audio/pcm", stream=False)
-        await _emit(speech, output_emitter, lambda: self._input_text)
+        utterance_id = _new_id()
+        output_emitter.initialize(request_id=utterance_id, sample_rate=self._minestream.sample_rate, num_channels=1, mime_type="audio/pcm")
+        self.speech = await _speak(self._minestream, self._input_text, utterance_id, final=True, timeout=self._conn_options.timeout)
+        await _emit(self.speech, output_emitter, lambda: self._input_text)
         output_emitter.flush()
 
 
@@ -165,13 +166,16 @@ class SynthesizeStream(tts.SynthesizeStream):
         self.speech: Speech | None = None
         """The MineStream utterance of the latest attempt (its ``done`` has the server's TTFA and RTF)."""
         self._sent = ""
-        super().__init__(tts=tts, conn_options=conn_options)
         """The utterance's text as sent, which the segments' offsets index."""
+        super().__init__(tts=tts, conn_options=conn_options)
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         self._sent = ""
+        utterance_id = _new_id()
+        output_emitter.initialize(request_id=utterance_id, sample_rate=self._minestream.sample_rate, num_channels=1,
+                                  mime_type="audio/pcm", stream=True)  # fmt: skip
         opened: asyncio.Future[Speech | None] = asyncio.get_running_loop().create_future()
-        sending = asyncio.create_task(self._send_text(output_emitter, opened), name="minestream-livekit-text")
+        sending = asyncio.create_task(self._send_text(output_emitter, utterance_id, opened), name="minestream-livekit-text")
         try:
             speech = await asyncio.shield(opened)
             if speech is not None:
@@ -183,7 +187,7 @@ class SynthesizeStream(tts.SynthesizeStream):
                 sending.cancel()
                 await asyncio.gather(sending, return_exceptions=True)
 
-    async def _send_text(self, output_emitter: tts.AudioEmitter, opened: asyncio.Future[Speech | None]) -> None:
+    async def _send_text(self, output_emitter: tts.AudioEmitter, utterance_id: str, opened: asyncio.Future[Speech | None]) -> None:
         speech: Speech | None = None
         try:
             async for item in self._input_ch:
@@ -194,11 +198,8 @@ class SynthesizeStream(tts.SynthesizeStream):
                     continue
                 if speech is None:
                     self._mark_started()
-                    client, speech = await _speak(self._minestream, item, final=False, timeout=self._conn_options.timeout)
-                    self.speech = speech
-                    output_emitter.initialize(request_id=speech.id, sample_rate=client.sample_rate, num_channels=1,
-                                              mime_type="audio/pcm", stream=True)  # fmt: skip
-                    output_emitter.start_segment(segment_id=speech.id)
+                    speech = self.speech = await _speak(self._minestream, item, utterance_id, final=False, timeout=self._conn_options.timeout)
+                    output_emitter.start_segment(segment_id=utterance_id)
                     opened.set_result(speech)
                 else:
                     await _translate(speech.send(item))
@@ -213,9 +214,16 @@ class SynthesizeStream(tts.SynthesizeStream):
             raise
 
 
-async def _speak(owner: TTS, text: str, *, final: bool, timeout: float) -> tuple[Client, Speech]:
+async def _speak(owner: TTS, text: str, utterance_id: str, *, final: bool, timeout: float) -> Speech:
     """Open the utterance on a pooled session (``timeout``: for a session to be ready)."""
-    return await _translate(asyncio.wait_for(owner.pool.speak(text, final=final, **owner.options.speak_options()), timeout))
+    opening = owner.pool.speak(text, id=utterance_id, final=final, **owner.options.speak_options())
+    _, speech = await _translate(asyncio.wait_for(opening, timeout))
+    return speech
+
+
+def _new_id() -> str:
+    """The utterance's id: also the emitter's request id and segment id."""
+    return f"lk_{uuid.uuid4().hex[:16]}"
 
 
 async def _emit(speech: Speech, output_emitter: tts.AudioEmitter, sent: Any) -> None:
