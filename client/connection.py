@@ -164,13 +164,17 @@ class Client:
             raise ServerError.from_message(disconnected(self.ws.close_code, self.ws.close_reason or "")) from None
 
     def send_soon(self, message: dict[str, Any]) -> None:
-        """Send without waiting for it (a best-effort ``cancel``); failures are dropped."""
+        """Send without waiting for it; failures are dropped."""
+        self.run_soon(self.send(message))
 
-        async def send() -> None:
+    def run_soon(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in the background (a best-effort ``cancel``); failures are dropped."""
+
+        async def run() -> None:
             with contextlib.suppress(Exception):
-                await self.send(message)
+                await work
 
-        task = asyncio.get_running_loop().create_task(send())
+        task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -65,6 +65,8 @@ class Speech:
         self._last_message = time.monotonic()
         self._over = False
         """``done`` (or the socket's end) has arrived, iterated or not."""
+        self._heard = False
+        """A message for this utterance has arrived."""
         if final:
             self._text_complete()
 
@@ -90,6 +92,7 @@ class Speech:
         """Called by the client's reader for each message with this utterance's id."""
         self._queue.put_nowait(message)
         self._last_message = time.monotonic()
+        self._heard = True
         kind = message.get("type")
         if kind == "flushed" and self._flushes:
             _settle(self._flushes.pop(0), True)
@@ -137,7 +140,7 @@ class Speech:
 
     def _timed_out(self) -> Timeout:
         # The server may still be working on it: tell it to stop (its done is then stray).
-        self._client.send_soon({"type": "cancel", "id": self.id})
+        self.cancel_soon()
         if self.first_audio is None:
             return Timeout("first_audio", self._client.timeouts.first_audio or 0, f"the first audio of utterance {self.id!r}")
         return Timeout("idle", self._client.timeouts.idle or 0, f"more audio of utterance {self.id!r}")
@@ -181,7 +184,7 @@ class Speech:
             except Timeout:
                 raise
             except asyncio.TimeoutError:
-                self._client.send_soon({"type": "cancel", "id": self.id})
+                self.cancel_soon()
                 raise Timeout("overall", timeout, f"all of utterance {self.id!r}") from None
         return self
 
@@ -219,7 +222,7 @@ class Speech:
                 return await answered
             remaining = self._last_message + limit - time.monotonic()
             if remaining <= 0:
-                self._client.send_soon({"type": "cancel", "id": self.id})
+                self.cancel_soon()
                 raise Timeout("flush", limit, f"the answer to a flush of utterance {self.id!r}")
             with contextlib.suppress(asyncio.TimeoutError):
                 # Shielded: the wait times out in slices, the answer stays awaited.
@@ -227,7 +230,19 @@ class Speech:
         return answered.result()
 
     async def cancel(self) -> None:
+        """Stop the utterance: the server stops generating and answers ``done`` with ``cancelled``."""
+        if not self._heard:
+            # WORKAROUND (server bug, server/utterances.py): a cancel that the server reads right after
+            # this utterance's speak, before the utterance's task has first run, is lost: no done, and
+            # the id stays open, using up max_open_utterances. A pong proves the server's loop has run
+            # since the speak (the task was scheduled before the pong), so the cancel that follows counts.
+            # Costs one round trip, only while nothing has been heard for the utterance.
+            await self._client.ping()
         await self._client.send({"type": "cancel", "id": self.id})
+
+    def cancel_soon(self) -> None:
+        """``cancel`` in the background (a timeout, a stream closed by an interruption); failures are dropped."""
+        self._client.run_soon(self.cancel())
 
     def _text_complete(self) -> None:
         if self._deadline is None:

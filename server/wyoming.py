@@ -238,7 +238,7 @@ class Handler(AsyncEventHandler):
 def _cancel_unfinished(speech: Speech) -> None:
     """Home Assistant went away (or a write failed) before the end: the server stops generating."""
     if speech.done is None:
-        speech.client.send_soon({"type": "cancel", "id": speech.id})
+        speech.cancel_soon()
 
 
 # --- zeroconf ------------------------------------------------------------------------

@@ -208,3 +208,19 @@ async def test_a_server_that_needs_a_token_gets_it_from_the_service(server_facto
     async with running(refused):
         await until(lambda: failures, "the refused connection's error")
     assert "unauthorized" in failures[0] and refused.ready is None
+
+
+async def test_an_interruption_before_any_audio_still_ends_the_utterance_on_the_server(server: LiveServer) -> None:
+    tts, done = service(server)
+    requested: list[str] = []
+
+    @tts.event_handler("on_tts_request")
+    async def on_request(_: MineStreamTTSService, context_id: str, text: str) -> None:
+        requested.append(context_id)
+
+    async with running(tts) as (worker, recorder):
+        await worker.queue_frames(pipecat_example.llm_turn(LONG))
+        await until(lambda: requested, "the first text sent")
+        await worker.queue_frame(InterruptionFrame())  # the server has heard nothing back yet
+        await until(lambda: done, "the interrupted utterance's done")
+    assert done[0].id == requested[0] and done[0].cancelled

@@ -245,7 +245,7 @@ async def _emit(speech: Speech, output_emitter: tts.AudioEmitter, sent: Any) -> 
     finally:
         if speech.done is None:
             # Stopped before done (an interruption closed the stream): the server stops at once.
-            speech.client.send_soon({"type": "cancel", "id": speech.id})
+            speech.cancel_soon()
 
 
 async def _translate(awaitable: Any) -> Any:

@@ -128,6 +128,10 @@ class MineStreamTTSService(WebsocketTTSService):
         """Utterances spoken on the server and not yet ``done``."""
         self._ended: set[str] = set()
         """Of those, the ones that got their ``end``."""
+        self._heard: set[str] = set()
+        """Of those, the ones the server has sent something for."""
+        self._pongs: dict[str, asyncio.Future[None]] = {}
+        """Pings awaiting their pong, by ``t``."""
         self._server_rate = 24000
         self._resamplers: dict[str, BaseAudioResampler] = {}
         self._register_event_handler("on_utterance_done")
@@ -188,6 +192,7 @@ class MineStreamTTSService(WebsocketTTSService):
         # Whatever was open belonged to the old session; the server has forgotten it.
         self._open.clear()
         self._ended.clear()
+        self._heard.clear()
         self._resamplers.clear()
         return ws
 
@@ -248,8 +253,26 @@ class MineStreamTTSService(WebsocketTTSService):
         """Barge-in: the server stops the utterance and drops its queued audio."""
         await self.stop_all_metrics()
         if context_id in self._open and self._websocket:
-            await self._send({"type": "cancel", "id": context_id})
+            if context_id in self._heard:
+                await self._send({"type": "cancel", "id": context_id})
+            else:
+                self.create_task(self._cancel_after_pong(context_id), name="minestream-cancel")
         await super().on_audio_context_interrupted(context_id)
+
+    async def _cancel_after_pong(self, context_id: str) -> None:
+        """WORKAROUND (server bug, server/utterances.py): a cancel the server reads right after the
+        utterance's speak, before its task has first run, is lost (no done; the id stays open and uses up
+        max_open_utterances). A pong shows the server's loop has run since the speak; then the cancel counts."""
+        mark = f"cancel:{context_id}"
+        answered = self._pongs[mark] = asyncio.get_running_loop().create_future()
+        try:
+            await self._send({"type": "ping", "t": mark})
+            await asyncio.wait_for(answered, self._connect_timeout)
+            await self._send({"type": "cancel", "id": context_id})
+        except Exception as e:
+            logger.warning(f"{self}: could not cancel utterance {context_id}: {e}")
+        finally:
+            self._pongs.pop(mark, None)
 
     async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:  # type: ignore[override]  # as TTSService's
         """A new voice or language applies from the next utterance: the turn's rest opens one."""
@@ -273,6 +296,13 @@ class MineStreamTTSService(WebsocketTTSService):
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind, context_id = message.get("type"), message.get("id")
+        if kind == "pong":
+            waiting = self._pongs.get(str(message.get("t")))
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+            return
+        if isinstance(context_id, str):
+            self._heard.add(context_id)
         if not isinstance(context_id, str):
             if kind == "error":
                 await self.push_error(error_msg=f"MineStream: {message.get('code')}: {message.get('message')}")
@@ -280,6 +310,7 @@ class MineStreamTTSService(WebsocketTTSService):
         if kind == "done":
             self._open.discard(context_id)
             self._ended.discard(context_id)
+            self._heard.discard(context_id)
             self._resamplers.pop(context_id, None)
             await self._call_event_handler("on_utterance_done", Done.parse(message))
         if not self.audio_context_available(context_id):
