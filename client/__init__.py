@@ -39,8 +39,8 @@ from .errors import (
     VoiceNotFound,
 )
 from .library import VoiceLibrary
-from .messages import AudioChunk, Done, EngineInfo, Limits, Pong, Progress, Ready, Voice
-from .speech import Speech
+from .messages import AudioChunk, Done, EngineInfo, Flushed, Limits, Pong, Progress, Ready, Segment, Voice
+from .speech import Speech, SpeechEvent
 from .timeouts import Timeouts
 from .tls import ssl_context
 from .upload import Upload
@@ -55,14 +55,17 @@ __all__ = [
     "Disconnected",
     "Done",
     "EngineInfo",
+    "Flushed",
     "LimitExceeded",
     "Limits",
     "MineStreamError",
     "Pong",
     "Progress",
     "Ready",
+    "Segment",
     "ServerError",
     "Speech",
+    "SpeechEvent",
     "TLSError",
     "Timeout",
     "Timeouts",

@@ -80,15 +80,21 @@ class Client:
         encoding: str = "msgpack",
         origin: str | None = None,
         timeouts: Timeouts | None = None,
+        segments: bool = False,
     ) -> Connecting:
         """Open a session: ``async with Client.connect(url) as client:`` or ``client = await Client.connect(url)``.
 
         ``ssl`` is the TLS context to use; without it, ``ca`` (a PEM file) is
         trusted on top of the system's CAs, and ``insecure`` skips verification.
         ``encoding`` is ``msgpack`` (binary frames) or ``json`` (text frames).
+        ``segments`` asks the server for a ``segment`` before each piece's
+        audio (``Speech.events()``, ``Speech.segments``): which text it speaks
+        and where its audio starts.
         """
         context = ssl if ssl is not None else ssl_context(ca, insecure=insecure) if url.startswith("wss:") else None
         hello: dict[str, Any] = {"type": "hello", "protocol": 1, "format": format, "sample_rate": sample_rate}
+        if segments:
+            hello["segments"] = True
         if token is not None:
             hello["token"] = token
         headers = {"Origin": origin} if origin else {}
@@ -136,6 +142,11 @@ class Client:
         await asyncio.shield(self._reader)
 
     @property
+    def open_utterances(self) -> int:
+        """Utterances spoken on this session whose ``done`` has not come yet."""
+        return len(self._utterances)
+
+    @property
     def voices(self) -> VoiceLibrary:
         """The server's voice library (``/v1/voices`` over HTTPS, same token and trust)."""
         if self._voices is None:
@@ -157,13 +168,17 @@ class Client:
             raise ServerError.from_message(disconnected(self.ws.close_code, self.ws.close_reason or "")) from None
 
     def send_soon(self, message: dict[str, Any]) -> None:
-        """Send without waiting for it (a best-effort ``cancel``); failures are dropped."""
+        """Send without waiting for it; failures are dropped."""
+        self.run_soon(self.send(message))
 
-        async def send() -> None:
+    def run_soon(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in the background (a best-effort ``cancel``); failures are dropped."""
+
+        async def run() -> None:
             with contextlib.suppress(Exception):
-                await self.send(message)
+                await work
 
-        task = asyncio.get_running_loop().create_task(send())
+        task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -63,7 +63,7 @@ class CertificateError(TLSError, ssl.SSLCertVerificationError):
 class Timeout(MineStreamError, TimeoutError):
     """A wait ran past its limit.
 
-    ``stage`` is ``connect``, ``ready``, ``first_audio``, ``idle``, ``upload``,
+    ``stage`` is ``connect``, ``ready``, ``first_audio``, ``idle``, ``flush``, ``upload``,
     ``request`` (a ping, a send, an HTTP call) or ``overall``.
     """
 

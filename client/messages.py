@@ -142,6 +142,53 @@ class Done(RawFields):
 
 
 @dataclass(frozen=True)
+class Segment(RawFields):
+    """Which text the audio that follows speaks (sent only to sessions connected with ``segments=True``).
+
+    ``text`` lies at ``[text_start, text_end)`` of the utterance's text as
+    given (the ``speak`` text followed by each ``send``, in code points);
+    ``audio_ms`` is where its audio starts in the utterance's audio. Exact at
+    sentence level (the server's pieces), not per word.
+    """
+
+    id: str
+    index: int
+    text: str
+    text_start: int
+    text_end: int
+    audio_ms: float
+    received: float = 0.0
+    """``time.perf_counter()`` when the message arrived."""
+    raw: dict[str, Any] = _raw()
+
+    @classmethod
+    def parse(cls, m: dict[str, Any]) -> Segment:
+        return cls(
+            id=str(m.get("id", "")),
+            index=int(m.get("index") or 0),
+            text=str(m.get("text") or ""),
+            text_start=int(m.get("text_start") or 0),
+            text_end=int(m.get("text_end") or 0),
+            audio_ms=float(m.get("audio_ms") or 0),
+            received=float(m.get("_received") or 0.0),
+            raw=m,
+        )
+
+
+@dataclass(frozen=True)
+class Flushed(RawFields):
+    """The audio of all text sent before a ``flush`` has been sent."""
+
+    id: str
+    received: float = 0.0
+    raw: dict[str, Any] = _raw()
+
+    @classmethod
+    def parse(cls, m: dict[str, Any]) -> Flushed:
+        return cls(id=str(m.get("id", "")), received=float(m.get("_received") or 0.0), raw=m)
+
+
+@dataclass(frozen=True)
 class Progress(RawFields):
     """How much of an upload the server has decoded so far."""
 

@@ -1,32 +1,46 @@
 """One utterance as the client sees it: its audio as it arrives, then its ``done``.
 
 The client's reader hands a ``Speech`` every message that carries its ``id``;
-iterating the ``Speech`` yields the audio chunks and ends at ``done``. Each
-message type has its handler in ``_HANDLERS``; a type this client does not
-know (a newer server's) is ignored, so additions to v1 need a handler here
-and nothing else.
+iterating the ``Speech`` yields the audio chunks and ends at ``done``;
+``events()`` yields, in the order they came, the audio chunks, the
+``Segment``s (which text the audio after it speaks, for a client connected
+with ``segments=True``) and the ``Flushed`` answers. Each message type has its
+handler in ``_HANDLERS``; a type this client does not know (a newer server's)
+is ignored, so additions to v1 need a handler here and nothing else.
+
+``flush()`` asks the server to speak the text sent so far now, sentence end
+or not, and returns once the server says all of its audio has been sent: the
+reader settles it as the ``flushed`` message arrives, so it returns whether
+or not anyone is iterating at that moment (the audio is then in this
+``Speech``'s queue, ahead of what follows).
 
 Waiting is bounded once the text is complete: ``Timeouts.first_audio`` from
 then to the first audio (or ``done``), ``Timeouts.idle`` between messages
 after that. A ``final=False`` utterance whose text is still coming waits
-without a limit, since the caller decides when more text comes.
+without a limit, since the caller decides when more text comes. A
+``flush()`` waits at most ``Timeouts.first_audio`` after the utterance's last
+message for its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from .errors import ServerError, Timeout
-from .messages import AudioChunk, Done
+from .messages import AudioChunk, Done, Flushed, Segment
 from .wav import wav_bytes
 
 if TYPE_CHECKING:
     from .connection import Client
+
+SpeechEvent = Union[AudioChunk, Segment, Flushed]
+"""What ``Speech.events()`` yields."""
 
 
 class Speech:
@@ -41,11 +55,24 @@ class Speech:
         self.done: Done | None = None
         self.errors: list[ServerError] = []
         """Errors the server sent for this utterance, in order (a refused ``text`` leaves it open)."""
+        self.segments: list[Segment] = []
+        """The ``segment`` messages iterated so far (only for a client connected with ``segments=True``)."""
         self._client = client
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._deadline: float | None = None
+        self._flushes: list[asyncio.Future[bool]] = []
+        """Unanswered ``flush()`` calls, oldest first: the server answers them in order."""
+        self._last_message = time.monotonic()
+        self._over = False
+        """``done`` (or the socket's end) has arrived, iterated or not."""
+        """A message for this utterance has arrived."""
         if final:
             self._text_complete()
+
+    @property
+    def client(self) -> Client:
+        """The session this utterance is spoken on."""
+        return self._client
 
     @property
     def ttfa_ms(self) -> float | None:
@@ -63,14 +90,36 @@ class Speech:
     def deliver(self, message: dict[str, Any]) -> None:
         """Called by the client's reader for each message with this utterance's id."""
         self._queue.put_nowait(message)
+        self._last_message = time.monotonic()
+        kind = message.get("type")
+        if kind == "flushed" and self._flushes:
+            _settle(self._flushes.pop(0), True)
+        elif kind == "done":
+            self._over = True
+            # Ended before answering (cancelled, failed): those flushes will never be answered.
+            for waiting in self._flushes:
+                _settle(waiting, False)
+            self._flushes.clear()
+        elif kind == "error" and message.get("fatal"):
+            self._over = True
+            for waiting in self._flushes:
+                if not waiting.done():
+                    waiting.set_exception(ServerError.from_message(message))
+            self._flushes.clear()
 
     async def __aiter__(self) -> AsyncIterator[AudioChunk]:
+        async for event in self.events():
+            if isinstance(event, AudioChunk):
+                yield event
+
+    async def events(self) -> AsyncIterator[SpeechEvent]:
+        """The audio chunks, segments and ``flushed`` answers in the order they came; ends at ``done``."""
         while self.done is None:
             message = await self._next()
             handler = _HANDLERS.get(str(message.get("type")))
-            chunk = handler(self, message) if handler else None
-            if chunk is not None:
-                yield chunk
+            event = handler(self, message) if handler else None
+            if event is not None:
+                yield event
         if self.errors and self.done.cancelled:
             # The server ended (or refused) the utterance because of this error.
             raise self.errors[0]
@@ -89,7 +138,7 @@ class Speech:
 
     def _timed_out(self) -> Timeout:
         # The server may still be working on it: tell it to stop (its done is then stray).
-        self._client.send_soon({"type": "cancel", "id": self.id})
+        self.cancel_soon()
         if self.first_audio is None:
             return Timeout("first_audio", self._client.timeouts.first_audio or 0, f"the first audio of utterance {self.id!r}")
         return Timeout("idle", self._client.timeouts.idle or 0, f"more audio of utterance {self.id!r}")
@@ -100,6 +149,14 @@ class Speech:
             self.first_audio = chunk.received
         self.chunks.append(chunk)
         return chunk
+
+    def _on_segment(self, message: dict[str, Any]) -> Segment:
+        segment = Segment.parse(message)
+        self.segments.append(segment)
+        return segment
+
+    def _on_flushed(self, message: dict[str, Any]) -> Flushed:
+        return Flushed.parse(message)
 
     def _on_done(self, message: dict[str, Any]) -> None:
         self.done = Done.parse(message)
@@ -125,7 +182,7 @@ class Speech:
             except Timeout:
                 raise
             except asyncio.TimeoutError:
-                self._client.send_soon({"type": "cancel", "id": self.id})
+                self.cancel_soon()
                 raise Timeout("overall", timeout, f"all of utterance {self.id!r}") from None
         return self
 
@@ -140,8 +197,43 @@ class Speech:
         await self._client.send({"type": "end", "id": self.id})
         self._text_complete()
 
+    async def flush(self) -> bool:
+        """Have the text sent so far spoken now; True once its audio has all been sent.
+
+        False when the utterance ended first without answering (cancelled or
+        failed: iterating it says why), at once when it is already over. More
+        text may follow a flush.
+        """
+        if self._over:
+            return False
+        answered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._flushes.append(answered)
+        try:
+            await self._client.send({"type": "flush", "id": self.id})
+        except BaseException:
+            self._flushes.remove(answered)
+            raise
+        self._last_message = time.monotonic()
+        limit = self._client.timeouts.first_audio
+        while not answered.done():
+            if limit is None:
+                return await answered
+            remaining = self._last_message + limit - time.monotonic()
+            if remaining <= 0:
+                self.cancel_soon()
+                raise Timeout("flush", limit, f"the answer to a flush of utterance {self.id!r}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                # Shielded: the wait times out in slices, the answer stays awaited.
+                await asyncio.wait_for(asyncio.shield(answered), remaining)
+        return answered.result()
+
     async def cancel(self) -> None:
+        """Stop the utterance: the server stops generating and answers ``done`` with ``cancelled``."""
         await self._client.send({"type": "cancel", "id": self.id})
+
+    def cancel_soon(self) -> None:
+        """``cancel`` in the background (a timeout, a stream closed by an interruption); failures are dropped."""
+        self._client.run_soon(self.cancel())
 
     def _text_complete(self) -> None:
         if self._deadline is None:
@@ -170,8 +262,15 @@ def _deadline(seconds: float | None) -> float | None:
     return None if seconds is None else time.monotonic() + seconds
 
 
-_HANDLERS: dict[str, Callable[[Speech, dict[str, Any]], AudioChunk | None]] = {
+def _settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+_HANDLERS: dict[str, Callable[[Speech, dict[str, Any]], SpeechEvent | None]] = {
     "audio": Speech._on_audio,
+    "segment": Speech._on_segment,
+    "flushed": Speech._on_flushed,
     "done": Speech._on_done,
     "error": Speech._on_error,
 }

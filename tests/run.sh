@@ -30,11 +30,6 @@ echo "torch==${torch_version}" >"$constraints"
 # qwen-tts without its declared dependencies (torchaudio, gradio...; see pyproject's qwen extra).
 "${pip[@]}" install --no-deps qwen-tts==0.1.1
 "${pip[@]}" install -c "$constraints" -e ".[test,rtc,qwen]"
-# Pipecat pins protobuf<7, soundfile~=0.13.1 and soxr~=1.0.0, which this venv
-# cannot hold (the qwen extra pins soundfile 0.14): its OpenAI TTS plugin test
-# runs it from a venv of its own (tests/test_openai_plugins.py).
-[ -x .venv-pipecat/bin/python ] || python3 -m venv .venv-pipecat
-.venv-pipecat/bin/python -m pip -q --disable-pip-version-check install -c "$constraints" -r tests/pipecat.txt
 
 .venv/bin/python -m ruff check server client bench tests
 .venv/bin/python -m mypy

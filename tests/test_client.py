@@ -26,10 +26,12 @@ from client import (
     Disconnected,
     Done,
     EngineInfo,
+    Flushed,
     Limits,
     MineStreamError,
     Progress,
     Ready,
+    Segment,
     ServerError,
     Timeout,
     Timeouts,
@@ -88,6 +90,75 @@ async def test_refused_speak_raises_its_code_and_the_session_goes_on(server: Liv
         assert caught.value.code == "voice_not_found" and not caught.value.fatal and caught.value.id is not None
         speech = await client.say("Still here.", design="calm")
         assert speech.done is not None and not speech.done.cancelled
+
+
+# --- flush and segment timing (additions to v1) ----------------------------------
+
+
+async def test_segments_name_the_text_each_piece_speaks_and_where_its_audio_starts(server: LiveServer) -> None:
+    text = "The first sentence is here. And the second one follows it."
+    async with Client.connect(server.ws_url, ca=server.ca_file, segments=True) as client:
+        speech = await client.speak(text, design="calm")
+        audio_before: list[int] = []  # bytes of audio received before each segment
+        received = 0
+        async for event in bounded_events(speech):
+            if isinstance(event, Segment):
+                audio_before.append(received)
+            elif not isinstance(event, Flushed):
+                received += len(event.data)
+    segments = speech.segments
+    assert [s.index for s in segments] == list(range(len(segments))) and len(segments) >= 2
+    assert all(text[s.text_start : s.text_end] == s.text for s in segments)
+    assert " ".join(s.text for s in segments) == text  # every piece, in order, nothing lost
+    # audio_ms is where the piece's audio starts: the audio that came before it (16-bit at 24 kHz).
+    assert [round(s.audio_ms) for s in segments] == [round(n / 48) for n in audio_before]
+    assert audio_before[0] == 0 and audio_before[-1] > 0
+
+
+async def test_no_segments_unless_asked(server: LiveServer) -> None:
+    async with Client.connect(server.ws_url, ca=server.ca_file) as client:
+        speech = await client.speak("One sentence. Two sentences.", design="calm")
+        kinds = {type(event).__name__ async for event in bounded_events(speech)}
+    assert kinds == {"AudioChunk"} and speech.segments == []
+
+
+async def test_flush_speaks_what_is_buffered_and_returns_after_its_audio(server: LiveServer) -> None:
+    async with Client.connect(server.ws_url, ca=server.ca_file, segments=True) as client:
+        speech = await client.speak("", design="calm", final=False)
+        await speech.send("no sentence end yet")
+        # Nobody iterates while flush waits: the reader answers it.
+        assert await bounded(speech.flush()) is True
+        before_flushed = []
+        async for event in bounded_events(speech):
+            if isinstance(event, Flushed):
+                break
+            before_flushed.append(type(event).__name__)
+        assert before_flushed[0] == "Segment" and set(before_flushed[1:]) == {"AudioChunk"}
+        assert speech.segments[0].text == "no sentence end yet"
+        await speech.send(" and then more.")
+        await speech.end()
+        await bounded(speech.collect())
+    assert speech.done is not None and not speech.done.cancelled
+    assert [s.text for s in speech.segments] == ["no sentence end yet", "and then more."]
+    assert speech.segments[1].text_start == len("no sentence end yet ")
+
+
+async def test_flush_of_a_cancelled_utterance_returns_false(server: LiveServer) -> None:
+    async with Client.connect(server.ws_url, ca=server.ca_file) as client:
+        speech = await client.speak("", design="calm", final=False)
+        await speech.send("words with no sentence end, so nothing is spoken yet")
+        await speech.cancel()  # before flush: the server ends it, so the flush is never answered
+        assert await bounded(speech.flush()) is False
+        await bounded(speech.collect())
+        assert speech.done is not None and speech.done.cancelled and speech.chunks == []
+        assert await bounded(speech.flush()) is False  # over: answered at once, nothing sent
+
+
+async def bounded_events(speech: Any) -> Any:
+    """``speech.events()`` with the test's bound on the whole."""
+    async with asyncio.timeout(BOUND_S):
+        async for event in speech.events():
+            yield event
 
 
 # --- connecting: each failure is its own error --------------------------------
@@ -166,6 +237,8 @@ async def test_first_audio_times_out_and_cancels_the_utterance() -> None:
         for _ in range(10):
             message = await receive(ws)
             received.append(message)
+            if message["type"] == "ping":
+                await send(ws, {"type": "pong", "t": message.get("t")})
             if message["type"] == "cancel":
                 cancelled.set()
                 break
@@ -178,6 +251,17 @@ async def test_first_audio_times_out_and_cancels_the_utterance() -> None:
         await bounded(cancelled.wait())
     assert caught.value.stage == "first_audio"
     assert [m["type"] for m in received] == ["speak", "cancel"] and received[1]["id"] == speech.id
+
+
+async def test_a_cancel_right_after_speak_is_not_lost(server: LiveServer) -> None:
+    """A cancel the server reads before the utterance's task has first run still ends it (it once was lost)."""
+    async with Client.connect(server.ws_url, ca=server.ca_file) as client:
+        for n in range(12):  # more than max_open_utterances: a lost cancel would leave its id open
+            speech = await client.speak("", design="calm", final=False, id=f"quick{n}")
+            await speech.cancel()
+            await bounded(speech.collect())
+            assert speech.done is not None and speech.done.cancelled
+        assert (await bounded(client.say("Still room for more.", design="calm"))).done is not None
 
 
 async def test_idle_timeout_once_audio_has_started() -> None:
