@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -78,8 +79,9 @@ async def attack_tree(tree: Path, label: str, attacks: list[Attack], args: argpa
             await asyncio.to_thread(target.start)
             try:
                 print(f"  soak: {soak.SESSIONS} sessions for {args.soak_minutes:g} min", flush=True)
+                started = time.strftime("%Y-%m-%d %H:%M:%S %z")
                 result = await soak.soak(target, args.soak_minutes)
-                entry["soak"] = result.as_dict()
+                entry["soak"] = {**result.as_dict(), "started": started}
                 print(f"  soak         {result.cell}", flush=True)
             finally:
                 await asyncio.to_thread(target.stop)
@@ -95,7 +97,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     attacks = choose(args.attacks)
     doc: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "command": " ".join(sys.argv),
+        "command": shlex.join(["python", "-m", "bench.attacks", *(argv if argv is not None else sys.argv[1:])]),
         "environment": environment(),
         "attacks": [{"key": a.key, "title": a.title} for a in ATTACKS],
         "trees": [],

@@ -13,7 +13,7 @@ JUNK_TOKEN = "junk-token-0123456789"
 ATTACKS: list[Attack] = [
     Attack("1a", "1 · never reads; pings with a 900 KB `t`", flood.big_pings),
     Attack("1b", "1 · never reads; permessage-deflate, 1 MB pings (~1 KB on the wire)", flood.deflated_pings),
-    Attack("2", "2 · token server; small frames before `hello` (up to 60 MB, 30 s), never reads", flood.junk_before_hello,
+    Attack("2", "2 · token server; small frames before `hello` (up to 60 MB, 20 s), never reads", flood.junk_before_hello,
            ServerSpec(token=JUNK_TOKEN)),
     Attack("6a", "6 · 300 MB chunked JSON to POST /v1/audio/speech", bodies.json_speech, budget_s=150),
     Attack("6b", "6 · 1 GB chunked multipart to POST /v1/voices", bodies.multipart_voice, budget_s=150),

@@ -1,9 +1,10 @@
 """Attack 9: kill -9 during voice saves, restart, look for leftovers.
 
-Uploaders clone voices over HTTP without pause while a watcher thread looks
-at the library folder every few milliseconds; the moment a voice folder is
-there but not complete (no ``reference.wav`` yet, or a temp file in it), the
-server gets SIGKILL, so the kill lands inside a save. (If no save is seen
+Uploaders clone voices over HTTP without pause; after ``UPLOAD_FIRST_S`` a
+watcher thread looks at the library folder every few milliseconds, and the
+moment a new voice folder is there but not complete (no ``reference.wav``
+yet, or a temp file in it), the server gets SIGKILL, so the kill lands inside
+a save. (If no save is seen
 within ``KILL_AFTER_S``, it is killed anyway.) After each kill the server is
 started again on the same data. Figures, after the last restart: voice
 folders the library does not list (orphans), temp files, and acknowledged
@@ -30,6 +31,7 @@ from .target import Target
 CYCLES = 3
 UPLOADERS = 8
 KILL_AFTER_S = 5.0
+UPLOAD_FIRST_S = 2.0
 
 
 def _incomplete(folder: Path) -> bool:
@@ -40,7 +42,8 @@ def _incomplete(folder: Path) -> bool:
 def _watch_and_kill(target: Target) -> bool:
     """SIGKILL the server as soon as a save is seen in progress; whether one was."""
     voices = target.data_dir / "voices"
-    complete: set[str] = set()
+    # Folders from before this cycle (an earlier kill's leftovers among them) are not a save in progress.
+    complete = {entry.name for entry in os.scandir(voices)} if voices.exists() else set()
     deadline = time.monotonic() + KILL_AFTER_S
     caught = False
     while time.monotonic() < deadline:
@@ -92,7 +95,7 @@ async def crash_saves(target: Target) -> Outcome:
     for _ in range(CYCLES):
         killed, before = threading.Event(), len(acked)
         uploaders = [asyncio.create_task(_upload_until_killed(target, wav, killed, acked)) for _ in range(UPLOADERS)]
-        await asyncio.sleep(0.5)  # let saves begin
+        await asyncio.sleep(UPLOAD_FIRST_S)  # some voices acknowledged first, so "lost" means something
         caught = await asyncio.to_thread(_watch_and_kill, target)
         killed.set()
         await asyncio.to_thread(target.kill)  # reaps the killed process

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import httpx
+from websockets.exceptions import ConnectionClosed
 
 from bench import corpus
 
@@ -51,8 +52,12 @@ async def _newcomer(target: Target) -> str:
     ws, why = await wire.try_open(target, open_timeout=5)
     if ws is None:
         return f"refused ({why})"
-    ready = await wire.hello(ws, timeout=5)
-    await wire.close_quietly(ws)
+    try:
+        ready = await wire.hello(ws, timeout=5)
+    except ConnectionClosed:
+        return f"upgraded, then closed {ws.close_code}"
+    finally:
+        await wire.close_quietly(ws)
     if ready is None:
         return "upgraded, no ready"
     return "ready" if ready.get("type") == "ready" else f"error {ready.get('code')}"

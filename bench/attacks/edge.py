@@ -21,7 +21,7 @@ from .target import Target
 DEPTH = 200_000
 
 
-async def _reply(ws: ClientConnection, timeout: float = 5) -> str:
+async def _reply(ws: ClientConnection, timeout: float = 3) -> str:
     """The first reply's type (and error code), or what happened instead."""
     message = await wire.next_message(ws, timeout)
     if message is None:

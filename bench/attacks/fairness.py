@@ -24,7 +24,7 @@ HEAVY_CLIENTS = 4
 UTTERANCES_EACH = 8
 TRIES = 5
 LOADED_TRIES = 3
-TRY_LIMIT_S = 25.0
+TRY_LIMIT_S = 15.0
 VICTIM_TEXT = "The quick brown fox jumps over the lazy dog."
 
 

@@ -140,6 +140,6 @@ async def junk_before_hello(target: Target) -> Outcome:
     """2: a token-protected server; 60 MB of small frames before any hello, each earning ``not_ready``."""
     frame = wire.masked_frame(wire.encode({"type": "cancel", "id": "junk"}, binary=False))
     chunk = frame * (JUNK_CHUNK_BYTES // len(frame))
-    figures = await flood(target, raw_chunk=chunk, seconds=30, max_bytes=JUNK_BYTES, hello_first=False)
+    figures = await flood(target, raw_chunk=chunk, seconds=20, max_bytes=JUNK_BYTES, hello_first=False)
     figures["frame_bytes"] = len(frame)
     return Outcome(_cell(figures), figures)

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 
-def _order(key: str) -> tuple[int, str]:
-    """Rows in the issue's order (1a, 1b, 2, 3, 4-…, 5, …), whatever order they ran in."""
+def _number(key: str) -> int:
+    """The issue's item number of an attack key (``4-emoji`` → 4, ``1b`` → 1)."""
     number = key.split("-")[0].rstrip("abcdefghijklmnopqrstuvwxyz")
-    return (int(number) if number.isdigit() else 99, key)
+    return int(number) if number.isdigit() else 99
 
 
 def _escape(cell: str) -> str:
@@ -24,7 +24,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "# Hardening: attacks (issue 13)",
         "",
         f"{env.get('cpu')}, {env.get('cores_logical')} logical cores, {env.get('memory_gib')} GiB; Python {env.get('python')}; "
-        f"load average at start {env.get('load_average')}; {doc['started']}.",
+        f"`{doc.get('command', 'python -m bench.attacks')}` started {doc['started']}.",
         "Server: preview engine, TLS on loopback, one fresh server per attack. Memory: the server's VmRSS/VmHWM "
         "(MiB, growth over its RSS before the attack).",
         "",
@@ -34,7 +34,8 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"- **{tree['label']}**: `{tree['dir']}` at {tree.get('commit') or '?'}, run {tree.get('started', '?')} "
                      f"(load average {tree.get('load_average', '?')}){updated}")
     lines += ["", "| attack | " + " | ".join(t["label"] for t in trees) + " |", "|---|" + "---|" * len(trees)]
-    for attack in sorted(doc["attacks"], key=lambda a: _order(a["key"])):
+    # Rows in the issue's order, whatever order the attacks ran in.
+    for attack in sorted(doc["attacks"], key=lambda a: _number(a["key"])):
         cells = [_escape(t["outcomes"].get(attack["key"], {}).get("cell", "not run")) for t in trees]
         if all(c == "not run" for c in cells):
             continue
@@ -60,7 +61,8 @@ def merge(trees: list[dict[str, Any]], entry: dict[str, Any], started: str) -> N
             tree["outcomes"].update(entry["outcomes"])
             if entry.get("soak"):
                 tree["soak"] = entry["soak"]
-            tree.setdefault("updates", []).append({"started": started, "commit": entry["commit"], "attacks": sorted(entry["outcomes"])})
+            rerun = sorted(entry["outcomes"]) + (["soak"] if entry.get("soak") else [])
+            tree.setdefault("updates", []).append({"started": started, "commit": entry["commit"], "attacks": rerun})
             return
     trees.append(entry)
 

@@ -1,9 +1,10 @@
 """Attack 4: one 5,000-character text of a kind the engine may not speak well.
 
 Each kind runs on a fresh server: the text is spoken once (read for up to
-``CAP_S``, then cancelled) while the server's memory is watched; then the
-same text again, cancelled half a second after its first audio, to see how
-long the engine stays busy after a cancel (the size of its jobs). For the
+``CAP_S``, then cancelled) while the server's memory is watched, and
+``/healthz`` shows how long the engine stays busy after the cancel (the size
+of its jobs). A text that finished within the cap is spoken again and
+cancelled half a second after its first audio, for the same figure. For the
 long word, its first 100 characters are spoken too: if the whole word gives
 no more audio than its prefix, text was dropped.
 """
@@ -21,8 +22,8 @@ from .target import Target
 from .watch import Watch, settled_rss
 
 CHARS = 5000
-CAP_S = 20.0
-PROBE_CAP_S = 6.0
+CAP_S = 15.0
+PROBE_CAP_S = 4.0
 WORD = "supercalifragilisticexpialidocious"
 
 
@@ -45,7 +46,7 @@ TEXTS: dict[str, str] = {
 }
 
 
-BUSY_LIMIT_S = 30.0
+BUSY_LIMIT_S = 15.0
 
 
 async def _engine_idle_after(target: Target) -> float | str | None:
@@ -84,13 +85,18 @@ async def one_text(target: Target, kind: str) -> Outcome:
     async with Watch(target) as watch:
         await wire.speak(ws, "whole", text)
         whole = await wire.listen(ws, "whole", cap_s=CAP_S)
-        busy_after_cap = await _engine_idle_after(target)
-    figures: dict[str, Any] = {"chars": len(text), **watch.figures(), **_heard(whole), "engine_busy_after_cap_s": busy_after_cap}
+        busy_after = await _engine_idle_after(target)
+    figures: dict[str, Any] = {"chars": len(text), **watch.figures(), **_heard(whole)}
     figures["rss_settled_mib"] = await settled_rss(target, 2.0)
-    await wire.speak(ws, "cancelled", text)
-    probe = await wire.listen(ws, "cancelled", cap_s=PROBE_CAP_S, cancel_after_audio_s=0.5)
-    figures["cancel_to_done_s"] = None if probe.cancel_to_done_s is None else round(probe.cancel_to_done_s, 2)
-    figures["engine_busy_after_cancel_s"] = await _engine_idle_after(target) if probe.cancelled_at_s is not None else None
+    if whole.cancelled_at_s is not None:
+        figures["cancel_to_done_s"] = None if whole.cancel_to_done_s is None else round(whole.cancel_to_done_s, 2)
+        figures["engine_busy_after_cancel_s"] = busy_after
+    elif whole.audio_s:
+        # It finished within the cap: cancel a second run of it early to see how long the engine stays busy.
+        await wire.speak(ws, "cancelled", text)
+        probe = await wire.listen(ws, "cancelled", cap_s=PROBE_CAP_S, cancel_after_audio_s=0.5)
+        figures["cancel_to_done_s"] = None if probe.cancel_to_done_s is None else round(probe.cancel_to_done_s, 2)
+        figures["engine_busy_after_cancel_s"] = await _engine_idle_after(target) if probe.cancelled_at_s is not None else None
     if kind == "long_word":
         await wire.speak(ws, "prefix", text[:100])
         prefix = await wire.listen(ws, "prefix", cap_s=CAP_S)
@@ -102,7 +108,7 @@ async def one_text(target: Target, kind: str) -> Outcome:
 
 def _cell(f: dict[str, Any]) -> str:
     if f["errors"] and not f["audio_s"]:
-        head = f"refused in {secs(f['wall_s'], 2)}: {f['errors'][0][:70]}"
+        head = f"refused in {secs(f['wall_s'], 2)}: {f['errors'][0][:70].rstrip(' ;,.')}"
     else:
         cut = f" (cut at {CAP_S:.0f} s)" if f["cut_at_cap"] else ""
         head = f"{f['audio_s']:.0f} s audio in {secs(f['wall_s'])}{cut}"
