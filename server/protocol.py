@@ -161,6 +161,9 @@ class _Fields:
             raise self._bad(f"'{key}' is longer than {MAX_ECHO_CHARS} characters")
         if value is not None and not isinstance(value, (str, int, float, bool)):
             raise self._bad(f"'{key}' must be a number or a short string")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            # msgpack (and JSON clients in general) hold 64-bit integers; a bigger one cannot be echoed.
+            raise self._bad(f"'{key}' is out of the 64-bit integer range")
         return value
 
     def flag(self, key: str, default: bool) -> bool:

@@ -109,6 +109,7 @@ def test_hello_rejects_what_the_server_cannot_do(bad: dict[str, object]) -> None
         ('{"type": "voice_chunk", "ref": "r", "data": "not base64!"}', BadMessage, "base64"),
         ('{"type": "ping", "t": {"nested": 1}}', BadMessage, "number or a short string"),
         ('{"type": "ping", "t": "' + "t" * 257 + '"}', BadMessage, "256"),
+        ('{"type": "ping", "t": -1000000000000000000000000000000}', BadMessage, "64-bit"),
         ("[" * 200_000 + "]" * 200_000, BadMessage, "not valid JSON"),
     ],
 )
