@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -120,6 +121,14 @@ def _extra_routes() -> list[Route]:
 
 
 def _watch(state: ServerState) -> None:
+    metrics.BUILD.info({"version": _version(), "engine": state.engine.info.name, "kind": state.engine.info.kind})
     metrics.ACTIVE_SESSIONS.set_function(lambda: len(state.sessions))
     metrics.ACTIVE_UTTERANCES.set_function(lambda: sum(len(s.utterances) for s in state.sessions))
     metrics.QUEUE_DEPTH.set_function(lambda: float(state.engine.health().get("queue_depth", 0)))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("minestream")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from . import metrics
 from .audio import SAMPLE_RATE
 from .auth import require_token
 from .config import Limits
@@ -135,11 +136,12 @@ async def _speech(request: Request) -> Response:
     check_language(state.engine, params.language, params.text)
     ref = await voice_ref(state.library, params.voice, params.instructions)
     voice = await resolve_voice(ref, state.engine, state.library)
-    utterance = Utterance("http", voice, params.language, owner=f"http-{id(request)}")
+    utterance = Utterance("http", voice, params.language, owner=f"http-{id(request)}", path="http")
+    metrics.UTTERANCES.labels("http").inc()
     utterance.add_text(params.text)
     utterance.end()
     stream = SpeechStream(
-        speak_audio(state.engine, utterance, state.audio_budget), EncodingStream(params.response_format, speed=params.speed), _streams(request, state)
+        speak_audio(state.engine, utterance, state.audio_budget), EncodingStream(params.response_format, speed=params.speed), _streams(request, state), utterance.finished
     )
     try:
         await stream.start()
@@ -277,8 +279,9 @@ def _streams(request: Request, state: ServerState) -> _Streams:
 class SpeechStream:
     """One response's audio: the engine's chunks through the encoder; ``close`` frees all of it, once."""
 
-    def __init__(self, audio: AsyncIterator[np.ndarray], encoding: EncodingStream, streams: _Streams) -> None:
+    def __init__(self, audio: AsyncIterator[np.ndarray], encoding: EncodingStream, streams: _Streams, finished: Callable[[], None]) -> None:
         self._audio = audio
+        self._finished = finished
         self._encoding = encoding
         self._streams = streams
         self._counted = False
@@ -324,6 +327,7 @@ class SpeechStream:
             tail = await self._encoding.finish()
             if tail:
                 yield tail
+            self._finished()
         finally:
             await self.close()
 

@@ -69,7 +69,7 @@ def capacity(settings: Settings) -> int:
     if settings.engine == "qwen":
         from .engines.qwen.engine import QwenEngine
 
-        return int(inspect.signature(QwenEngine).parameters["max_active"].default)
+        return int(inspect.signature(QwenEngine).parameters["rows"].default)
     # Piper renders one job per worker; a few streams per worker keep each busy between pieces.
     return 4 * (settings.preview_workers or 1)
 

@@ -39,6 +39,8 @@ class Utterance:
     started: float = field(default_factory=time.monotonic)
     owner: str | None = None
     """The session it belongs to: engines give each owner a fair turn."""
+    path: str = "socket"
+    """``socket`` or ``http``: how metrics tell the two apart."""
     text: asyncio.Queue[str | object | None] = field(default_factory=asyncio.Queue)
     """Text as it comes; ``FLUSH`` where the client asked for what it has to be spoken now; None at the end."""
     chars: int = 0
@@ -78,8 +80,14 @@ class Utterance:
     def count(self, chunk: np.ndarray) -> None:
         if self.first_audio is None:
             self.first_audio = time.monotonic()
-            metrics.TTFA.observe(self.first_audio - self.started)
+            metrics.TTFA.labels(self.path).observe(self.first_audio - self.started)
         self.audio_samples += len(chunk)
+        metrics.AUDIO.labels(self.path).inc(len(chunk) / SAMPLE_RATE)
+
+    def finished(self) -> None:
+        """It was spoken to its end: its real-time factor counts."""
+        if self.rtf is not None:
+            metrics.RTF.labels(self.path).observe(self.rtf)
 
     def deadline(self) -> float | None:
         if self.first_audio is None:

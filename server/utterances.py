@@ -73,7 +73,7 @@ class Utterances:
         self._sink.begin(message.id)
         task = asyncio.create_task(self._run(utterance), name=f"utterance-{message.id}")
         self._open[message.id] = _Running(utterance, task)
-        metrics.UTTERANCES.inc()
+        metrics.UTTERANCES.labels("socket").inc()
 
     def text(self, message: Text) -> None:
         utterance = self._find(message.id).utterance
@@ -137,8 +137,8 @@ class Utterances:
             self._sink.discard(utterance.id)
         if failure is not None:
             self._connection.send_error(failure, id=utterance.id)
-        if spoken and utterance.rtf is not None:
-            metrics.RTF.observe(utterance.rtf)
+        if spoken:
+            utterance.finished()
         for _ in range(running.flushes_at_end if running and spoken else 0):
             self._connection.send_about(Flushed(utterance.id))
         self._connection.send_done(

@@ -43,14 +43,16 @@ class LiveServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    plain: bool = False
+    """Started with --no-tls: plain HTTP and ws://."""
 
     @property
     def base_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"{'http' if self.plain else 'https'}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"wss://127.0.0.1:{self.port}/v1/stream"
+        return f"{'ws' if self.plain else 'wss'}://127.0.0.1:{self.port}/v1/stream"
 
     @property
     def ca_file(self) -> Path:
@@ -60,7 +62,7 @@ class LiveServer:
         return ssl_context(self.ca_file)
 
     def http(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, verify=self.ssl_context(), timeout=60, **kwargs)
+        return httpx.Client(base_url=self.base_url, verify=True if self.plain else self.ssl_context(), timeout=60, **kwargs)
 
     async def client(self, **kwargs: Any) -> Client:
         kwargs.setdefault("token", self.token)
@@ -81,7 +83,7 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if self.ca_file.exists():
+                if self.plain or self.ca_file.exists():
                     with self.http() as http:
                         if http.get("/healthz").status_code == 200:
                             return self
@@ -128,9 +130,10 @@ def server_factory(tmp_path: Path, certs_dir: Path) -> Iterator[Callable[..., Li
     started: list[LiveServer] = []
 
     def start(
-        *args: str, token: str | None = None, engine: str = "preview", data_dir: Path | None = None, certs: Path | None = None
+        *args: str, token: str | None = None, engine: str = "preview", data_dir: Path | None = None, certs: Path | None = None,
+        plain: bool = False,
     ) -> LiveServer:
-        live = LiveServer(data_dir or tmp_path / f"data{len(started)}", certs or certs_dir, ("--engine", engine, *args), token=token)
+        live = LiveServer(data_dir or tmp_path / f"data{len(started)}", certs or certs_dir, ("--engine", engine, *args), token=token, plain=plain)
         started.append(live)
         return live.start()
 

@@ -12,6 +12,12 @@ command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v sox >/dev/null || missing+=(sox)
 command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
+    if ! command -v apt-get >/dev/null; then
+        echo "tests/run.sh: missing ${missing[*]}; this platform has no apt-get, so install them by hand" >&2
+        echo "  (Chromium at /usr/bin/chromium, espeak-ng, sox, PostgreSQL's server with initdb), then run this again." >&2
+        exit 1
+    fi
+    echo "tests/run.sh: installing ${missing[*]} with apt-get (only what is missing)"
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo
     $sudo apt-get update -qq
@@ -20,16 +26,24 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
-# torch first and pinned (a bare requirement pulls the CUDA build); nothing
-# installed after it may replace it, hence the constraint below.
+# torch first and pinned: a bare requirement pulls the CUDA build, gigabytes this
+# machine has no use for. Nothing installed after it may replace it (the constraint).
 .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" install "torch==${TORCH_VERSION:-2.13.0}"
 torch_version=$(.venv/bin/python -c "import torch; print(torch.__version__)")
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 echo "torch==${torch_version}" >"$constraints"
-# qwen-tts without its declared dependencies (torchaudio, gradio...; see pyproject's qwen extra).
-"${pip[@]}" install --no-deps qwen-tts==0.1.1
-"${pip[@]}" install -c "$constraints" -e ".[test,rtc,qwen]"
+# Install only when the project's requirements changed since the last install.
+stamp=.venv/.minestream-test-install
+wanted="$(sha256sum pyproject.toml | cut -d' ' -f1) torch==${torch_version}"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    "${pip[@]}" install -c "$constraints" -e ".[test,rtc,qwen]"
+    # Last, and without its declared dependencies: qwen-tts asks for torchaudio, gradio, sox
+    # and onnxruntime for its 25 Hz tokenizer, which the 12 Hz models never load
+    # (server/engines/qwen/compat.py). `pip check` lists those four as missing, on purpose.
+    "${pip[@]}" install --no-deps qwen-tts==0.1.1
+    echo "$wanted" >"$stamp"
+fi
 
 .venv/bin/python -m ruff check server client bench tests
 .venv/bin/python -m mypy

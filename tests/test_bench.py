@@ -107,12 +107,16 @@ def test_compare_puts_runs_side_by_side(wss_run: Path, direct_run: Path, tmp_pat
 def test_metrics_expose_histograms_after_traffic(wss_run: Path, server: LiveServer) -> None:
     with server.http() as http:
         text = http.get("/metrics").text
-    for name in ("minestream_ttfa_seconds_bucket", "minestream_rtf_bucket", "minestream_decode_seconds_bucket",
-                 "minestream_utterances_total", "minestream_active_sessions", "minestream_active_utterances",
+    for name in ("minestream_ttfa_seconds_bucket", "minestream_rtf_ratio_bucket", "minestream_decode_seconds_bucket",
+                 'minestream_utterances_total{path="socket"}', 'minestream_audio_seconds_total{path="http"}',
+                 "minestream_active_sessions", "minestream_active_utterances", "minestream_build_info{",
                  "minestream_engine_queue_depth", 'minestream_errors_total{code="engine_error"}', "process_cpu_seconds_total"):
         assert name in text, name
-    count = next(line for line in text.splitlines() if line.startswith("minestream_ttfa_seconds_count"))
-    assert float(count.split()[-1]) > 0
+    assert "_created" not in text
+    counts = [line for line in text.splitlines() if line.startswith("minestream_ttfa_seconds_count")]
+    assert sum(float(line.split()[-1]) for line in counts) > 0
+    spoken = next(line for line in text.splitlines() if line.startswith('minestream_audio_seconds_total{path="socket"}'))
+    assert float(spoken.split()[-1]) > 0
 
 
 def test_player_counts_each_dry_spell_once() -> None:

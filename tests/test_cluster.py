@@ -226,7 +226,7 @@ def test_deployment_options_follow_the_engine() -> None:
 
     qwen = build_app(Settings(engine="qwen"), replicas=2)._bound_deployment
     assert qwen.ray_actor_options["num_gpus"] == 1 and qwen.num_replicas == 2
-    assert qwen.max_ongoing_requests == 32  # the Qwen engine's active streams per model
+    assert qwen.max_ongoing_requests == 64  # the Qwen engine's decode rows per model
     preview = build_app(Settings(engine="preview", preview_workers=2), min_replicas=0, max_replicas=3)._bound_deployment
     assert "num_gpus" not in preview.ray_actor_options and preview.max_ongoing_requests == 8
     scaling = preview._deployment_config.autoscaling_config

@@ -53,7 +53,7 @@ async def test_front_speaks_through_the_remote(remote_pair: tuple[LiveServer, Li
         health = http.get("/healthz").json()
         assert health["status"] == "ok" and health["engine"]["remote"] == backend.base_url
         # The front's own OpenAI endpoint, on top of the remote one.
-        with http.stream("POST", "/v1/audio/speech", json={"input": "Two hops of speech.", "instructions": "a bright voice"}) as reply:
+        with http.stream("POST", "/v1/audio/speech", json={"input": "Two hops of speech.", "instructions": "a bright voice", "response_format": "wav"}) as reply:
             assert reply.status_code == 200
             body = reply.read()
     assert body[:4] == b"RIFF"

@@ -84,3 +84,39 @@ def test_a_foreign_origin_cannot_open_the_socket(http: TestClient) -> None:
     with pytest.raises(WebSocketDisconnect) as caught, http.websocket_connect("/v1/stream", headers={"origin": "https://evil.example"}):
         pass
     assert caught.value.code == 1008
+
+
+def _sample(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_the_http_path_counts_in_the_metrics(http: TestClient) -> None:
+    before = http.get("/metrics").text
+    assert http.post("/v1/audio/speech", json={"input": "Counted.", "voice": "alloy", "response_format": "pcm"}).status_code == 200
+    after = http.get("/metrics").text
+    assert _sample(after, 'minestream_utterances_total{path="http"}') == _sample(before, 'minestream_utterances_total{path="http"}') + 1
+    assert _sample(after, 'minestream_audio_seconds_total{path="http"}') > _sample(before, 'minestream_audio_seconds_total{path="http"}')
+    assert _sample(after, 'minestream_ttfa_seconds_count{path="http"}') == _sample(before, 'minestream_ttfa_seconds_count{path="http"}') + 1
+
+
+def test_livez_and_readyz(http: TestClient) -> None:
+    assert http.get("/livez").json() == {"status": "alive"}
+    assert http.get("/readyz").status_code == 200
+    http.app.state.minestream.draining = True  # type: ignore[attr-defined]
+    assert http.get("/readyz").json() == {"status": "draining"} and http.get("/readyz").status_code == 503
+
+
+def test_cors_answers_an_allowed_origin_only(tmp_path: Path, engine: MockEngine) -> None:
+    settings = Settings(host="127.0.0.1", data_dir=tmp_path / "d", certs_dir=tmp_path / "c", allowed_origins=("https://app.example",))
+    with TestClient(create_app(settings, engine=engine), base_url="https://testserver") as client:
+        asked = {"access-control-request-method": "POST", "access-control-request-headers": "content-type"}
+        allowed = client.options("/v1/audio/speech", headers={"origin": "https://app.example", **asked})
+        assert allowed.headers.get("access-control-allow-origin") == "https://app.example"
+        foreign = client.options("/v1/audio/speech", headers={"origin": "https://evil.example", **asked})
+        assert "access-control-allow-origin" not in foreign.headers
+        refused = client.post("/v1/voices", json={"design": "x"}, headers={"origin": "https://evil.example"})
+        assert refused.status_code == 403
+        plain = client.post("/v1/voices", content=b'{"design": "x"}', headers={"content-type": "text/plain"})
+        assert plain.status_code == 400
+        ok = client.post("/v1/voices", json={"design": "calm"}, headers={"origin": "https://app.example"})
+        assert ok.status_code == 201 and ok.headers["access-control-allow-origin"] == "https://app.example"

@@ -18,8 +18,9 @@ log = logging.getLogger("minestream.engines")
 def create_engine(settings: Settings) -> Engine:
     choice = settings.engine
     if choice == "auto":
-        choice = "qwen" if _qwen_usable(settings) else "preview"
-        log.info("engine auto: using %s", choice)
+        missing = _qwen_missing(settings)
+        choice = "preview" if missing else "qwen"
+        log.info("engine auto: %s", f"preview, because {missing}" if missing else "qwen3-tts: a CUDA GPU and both models' weights are here")
     if choice == "qwen":
         from .qwen import QwenEngine
 
@@ -45,13 +46,18 @@ def create_engine(settings: Settings) -> Engine:
     raise ValueError(f"unknown engine {settings.engine!r}: choose auto, preview, qwen, ray or openai")
 
 
-def _qwen_usable(settings: Settings) -> bool:
+def _qwen_missing(settings: Settings) -> str | None:
+    """Why the Qwen engine cannot run here, or None when it can."""
     try:
         import torch
-
-        if not torch.cuda.is_available():
-            return False
-        from .qwen import qwen_weights_available
     except ImportError:
-        return False
-    return bool(qwen_weights_available(settings.design_model, settings.base_model))
+        return "torch is not installed (./run_tls.sh installs it on a machine with nvidia-smi)"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to torch"
+    try:
+        from .qwen import qwen_weights_available
+    except ImportError as exc:
+        return f"the Qwen extra is not installed ({exc.name})"
+    if not qwen_weights_available(settings.design_model, settings.base_model):
+        return f"the weights of {settings.design_model} and {settings.base_model} are not in the local model cache (./run_tls.sh fetches them)"
+    return None
