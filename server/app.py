@@ -40,7 +40,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         # Each resource is closed by the stack in reverse order, even when a later start fails
         # or another closer raises.
         async with contextlib.AsyncExitStack() as stack:
-            state = await _open(stack, settings, engine)
+            state = await _start_resources(stack, settings, engine)
             app.state.minestream = state
             rtc = _rtc_transport()
             if rtc is not None:
@@ -84,7 +84,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={MineStreamError: on_error})
 
 
-async def _open(stack: contextlib.AsyncExitStack, settings: Settings, engine: Engine | None) -> ServerState:
+async def _start_resources(stack: contextlib.AsyncExitStack, settings: Settings, engine: Engine | None) -> ServerState:
     """The library and the engine, started, with their closers on ``stack``."""
     token = settings.token
     if token is None and settings.token_required:

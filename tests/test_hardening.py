@@ -132,13 +132,20 @@ def test_a_tls_connection_that_sends_no_request_is_closed(server_factory: Any) -
 async def test_numbers_that_expand_tenfold_cost_no_more_memory_than_a_sentence(server_factory: Any) -> None:
     live = server_factory("--preview-workers", "1")
     async with await live.client() as client:
-        # The longest ordinary piece the preview engine renders (100 characters) sets the memory it needs.
-        await client.say("The quick brown fox jumps over the lazy dog, and then it runs far away into the deep green forest.", design="calm")
+        # Ordinary text, cut into the longest pieces the preview engine renders, sets the memory it needs
+        # (onnxruntime's arena settles after a few pieces of different lengths).
+        sentence = (
+            "The quick brown fox jumps over the lazy dog, and then it runs far away into the deep green forest, "
+            "where the old trees stand tall and quiet under a sky that slowly turns from blue to gold. "
+        )
+        await client.say(sentence * 3, design="calm")
         before = rss_mb(live, "VmHWM")
         speech = await client.speak(" ".join(["1234567890123456789"] * 12), design="calm")
         await speech.collect()
         assert speech.done is not None and speech.done["audio_ms"] > 20_000
-    assert rss_mb(live, "VmHWM") - before < 150, "one text of numbers grew the server's peak memory"
+    # Uncut, one piece of these numbers is ~1,000 phonemes and over a gigabyte; cut, the arena's
+    # fragmentation varies the peak by tens of megabytes from run to run (3-90 MB measured).
+    assert rss_mb(live, "VmHWM") - before < 300, "one text of numbers grew the server's peak memory"
 
 
 async def test_text_in_a_script_the_voice_cannot_read_is_refused_at_once(server: LiveServer) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import itertools
 import logging
 import os
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import is_loopback
 from ..errors import EngineError, MineStreamError, Unavailable
 from .base import Engine, EngineInfo, Reference, SynthesisRequest, Voice
 
@@ -52,13 +52,7 @@ _PUTS_KEPT = 64
 
 
 def _loopback(address: str) -> bool:
-    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]"))
 
 
 def prepare_environment(address: str) -> None:

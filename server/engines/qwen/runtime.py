@@ -12,8 +12,6 @@ serialise each other's kernels.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import logging
 import time
 from collections.abc import Iterator
@@ -22,33 +20,22 @@ from typing import Any
 
 import torch
 
-from ...errors import EngineError
 from .batch import DEFAULT_MAX_LEN, DEFAULT_MAX_TEXT, DecodeBatch
+from .codec import CodecBatch
 from .prompt import ClonePromptCache, PromptBuilder
 from .sampling import SamplingPlan
 from .window_codec import DEFAULT_LEFT_CONTEXT, RoundCodec, WindowCodec
 
-_STATEFUL_CODEC = f"{__package__}.codec"
-"""Where the batched, stateful streaming codec lives (``CodecBatch``), in builds that have it."""
-
-
-def stateful_codec_available() -> bool:
-    return importlib.util.find_spec(_STATEFUL_CODEC) is not None
-
 
 def make_codec(kind: str, decoder: Any, rows: int, left_context: int) -> RoundCodec:
-    """``window``: today's per-stream windows with left context; ``stateful``: ``codec.CodecBatch``
-    (one row per decode row, every due chunk in one batched pass); ``auto``: stateful where available."""
-    if kind == "auto":
-        kind = "stateful" if stateful_codec_available() else "window"
+    """``stateful`` (``auto``): ``codec.CodecBatch``, one row per decode row carrying the decoder's state,
+    every due chunk in one batched pass; ``window``: per-stream windows re-decoding left context (the reference)."""
+    if kind in ("auto", "stateful"):
+        return CodecBatch(decoder, rows)
     if kind == "window":
         return WindowCodec(decoder, left_context)
-    if kind != "stateful":
-        raise ValueError(f"codec must be auto, window or stateful, not {kind!r}")
-    if not stateful_codec_available():
-        raise EngineError("this build has no stateful codec (server/engines/qwen/codec.py)")
-    codec: RoundCodec = importlib.import_module(_STATEFUL_CODEC).CodecBatch(decoder, rows)
-    return codec
+    raise ValueError(f"codec must be auto, stateful or window, not {kind!r}")
+
 
 logger = logging.getLogger("minestream.qwen")
 
