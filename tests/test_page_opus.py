@@ -25,7 +25,8 @@ LAST = "window.minestream.utterances.at(-1)"
 READY = "window.minestream && window.minestream.conn.state === 'ready'"
 TEXT = "Opus on the socket: the same speech in a tenth of the bytes."
 DESIGN = "A calm, clear voice."
-RUNS = 3
+RUNS = int(os.environ.get("MINESTREAM_PAGE_RUNS", "1"))
+"""Tries per format: one in the suite (the figure is a by-product), more for a median."""
 
 
 @pytest.fixture(scope="module")
