@@ -14,6 +14,7 @@ from .config import Limits
 from .engines.base import Engine, Voice
 from .errors import BadMessage, LimitExceeded, NothingToSay, Unavailable, UnsupportedLanguage
 from .protocol import VoiceRef
+from .text import unmarked
 from .voices import VoiceLibrary
 
 
@@ -29,8 +30,8 @@ def check_text(text: str, limits: Limits, *, final: bool = True, already: int = 
     if final and already == 0:
         if not text.strip():
             raise BadMessage("'text' is empty")
-        if not speakable(text):
-            raise NothingToSay("the text has nothing speakable in it (no letter or digit)")
+        if not speakable(unmarked(text)):
+            raise NothingToSay("the text has nothing speakable in it (no letter or digit outside markup tags)")
 
 
 def check_language(engine: Engine, language: str, text: str = "") -> None:

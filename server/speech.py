@@ -23,7 +23,7 @@ from . import metrics
 from .audio import SAMPLE_RATE
 from .engines.base import Engine, SynthesisRequest, Voice
 from .errors import LimitExceeded
-from .text import Segmenter, piece_spans
+from .text import Segmenter, piece_spans, tidy, unmarked
 
 # A listener's buffered audio is due before it runs out; the next sentence is
 # asked for this long before that moment (the scheduler's deadline).
@@ -137,8 +137,10 @@ async def speak(engine: Engine, utterance: Utterance, budget: AudioBudget | None
         item = await utterance.text.get()
         released = sentences.push(item) if isinstance(item, str) else sentences.flush()
         for sentence in released:
-            for start, end in piece_spans(sentence, engine.info.segment_chars, utterance.language, head=index == 0 and not engine.info.incremental):
-                text = sentence[start:end]
+            spoken = unmarked(sentence)  # the same length: offsets into the client's text hold
+            marked = spoken != sentence
+            for start, end in piece_spans(spoken, engine.info.segment_chars, utterance.language, head=index == 0 and not engine.info.incremental):
+                text = tidy(spoken[start:end]) if marked else spoken[start:end]
                 yield SegmentBegins(index, text, sentence.start + start, sentence.start + end, utterance.audio_ms)
                 request = SynthesisRequest(text, voice, utterance.language, utterance.deadline(), index == 0, utterance.owner)
                 kept: list[np.ndarray] = []

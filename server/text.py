@@ -33,7 +33,9 @@ import re
 from . import sentence_rules as rules
 from .sentence_rules import language_code, sentence_spans
 
-__all__ = ["LANGUAGES", "Piece", "Segmenter", "SentenceBuffer", "language_code", "piece_spans", "pieces", "sentences", "split_sentences", "wrap"]
+__all__ = [
+    "LANGUAGES", "Piece", "Segmenter", "SentenceBuffer", "language_code", "piece_spans", "pieces", "sentences", "split_sentences", "tidy", "unmarked", "wrap",
+]  # fmt: skip
 
 LANGUAGES = rules.LANGUAGES
 DEFAULT_MAX_CHARS = 400
@@ -48,6 +50,32 @@ _CLOSE = re.escape(rules.CLOSERS)
 _CLAUSE_END = re.compile(rf"[,;:—–]+[{_CLOSE}]*(?=\s)|[，、；：､]+[{_CLOSE}]*")
 _WIDE = re.compile(rules.WIDE_LETTER)
 _NEXT_WORD_DONE = re.compile(rf"\s*\S*?(?:\s|{rules.WIDE_LETTER})")
+
+
+# SSML's elements (and vendors' prefixed ones, "amazon:effect", "mstts:express-as"), the inline
+# HTML an LLM writes, XML declarations and comments: only tags of those names, with attributes
+# written as attributes ("a <b and c> d" is read as it is).
+_MARKUP_NAMES = (
+    "speak|prosody|break|emphasis|say-as|sub|phoneme|voice|audio|mark|lang|lexicon|p|s|w|desc|"
+    "b|i|u|em|strong|br|span|div|small|sup|code|[a-z]+:[a-z][\\w-]*"
+)
+_ATTRIBUTES = r"""(?:\s+[\w:.-]+\s*=\s*(?:"[^"<>]*"|'[^'<>]*'))*\s*"""
+_MARKUP = re.compile(rf"<!--.*?-->|<\?xml[^<>]*\?>|</?(?:{_MARKUP_NAMES}){_ATTRIBUTES}/?>", re.IGNORECASE | re.DOTALL)
+
+
+def unmarked(text: str) -> str:
+    """``text`` with its markup tags (``<speak>``, ``<break time="1s"/>``, ``<b>``) blanked out, so that
+    no engine reads them aloud. SSML is not interpreted: what the tags enclose is said as plain text.
+    Each tag becomes as many spaces, so every offset into ``text`` is still right."""
+    return _MARKUP.sub(lambda tag: " " * len(tag.group()), text)
+
+
+_SPACE_BEFORE_MARK = re.compile(rf"\s+(?=[.,!?;:…。，、！？；：{_CLOSE}])")
+
+
+def tidy(blanked: str) -> str:
+    """A piece of ``unmarked`` text as an engine should get it: one space where a tag was, none before a mark."""
+    return _SPACE_BEFORE_MARK.sub("", " ".join(blanked.split()))
 
 
 def sentences(text: str, language: str = "auto") -> list[str]:

@@ -78,3 +78,10 @@ async def test_closing_the_stream_early_is_clean(engine: PreviewEngine) -> None:
     first = await stream.__anext__()
     await stream.aclose()  # type: ignore[attr-defined]
     assert len(first) > 0 and engine.health()["queue_depth"] == 0
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_control_characters_are_spaces_not_an_engine_error(engine: PreviewEngine) -> None:
+    # A NUL would end espeak's C string: Piper raised ValueError, an engine_error (found by the fuzzer).
+    audio = await say(engine, Voice(design="calm"), "Before\x00after,\x1b[0m and\x07 on.")
+    assert len(audio) > SAMPLE_RATE // 2

@@ -160,6 +160,19 @@ async def test_long_text_reaches_the_engine_in_sentences_within_its_segment_size
     assert [r.first for r in engine.requests] == [True] + [False] * (len(texts) - 1)
 
 
+async def test_markup_is_not_read_aloud_and_segments_index_the_text_as_given(engine: MockEngine, library: VoiceLibrary) -> None:
+    text = '<speak><prosody rate="slow">Hello there.</prosody> Again<break time="1s"/>now.</speak>'
+    client = await segmented(engine, library)
+    messages = await client.speak("m", text)
+    await client.session.close()
+    assert [r.text for r in engine.requests] == ["Hello there.", "Again now."]
+    segments = [m for m in messages if m["type"] == "segment"]
+    assert [s["text"] for s in segments] == ["Hello there.", "Again now."]
+    assert text[segments[0]["text_start"] : segments[0]["text_end"]] == "Hello there."
+    async with opened(MockEngine(), library) as client:
+        assert kinds(await client.speak("t", '<speak><break time="2s"/></speak>')) == ["error:bad_message", "done"]
+
+
 async def test_streamed_text_is_spoken_sentence_by_sentence(client: Client, engine: MockEngine) -> None:
     await client.send("speak", id="s", text="", voice={"design": "calm"}, final=False)
     for word in ["One", "sentence", "here.", "Then", "another", "one"]:

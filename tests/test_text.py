@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.text import LANGUAGES, Piece, Segmenter, SentenceBuffer, language_code, pieces, sentences, split_sentences, wrap
+from server.text import LANGUAGES, Piece, Segmenter, SentenceBuffer, language_code, pieces, sentences, split_sentences, tidy, unmarked, wrap
 
 # (language, text, its sentences). Each case is also streamed character by
 # character and token by token, and must come out the same.
@@ -289,3 +289,19 @@ def test_a_flush_mid_stream_releases_what_is_buffered_and_offsets_go_on() -> Non
     assert flushed == ["Let me think"] and (flushed[0].start, flushed[0].end) == (0, 12)
     later = segmenter.push(" about it. And") + segmenter.flush()
     assert later == ["about it.", "And"] and [(p.start, p.end) for p in later] == [(13, 22), (23, 26)]
+
+
+@pytest.mark.parametrize(
+    ("text", "spoken"),
+    [
+        ('<speak><prosody rate="slow">Hello there.</prosody></speak>', "Hello there."),
+        ('<?xml version="1.0"?><speak>Wait<break time="0.5s"/>now.</speak>', "Wait now."),
+        ("<amazon:effect name='whispered'>Psst.</amazon:effect> <!-- aside --> Go.", "Psst. Go."),
+        ("It is <B>bold</B> and <em>slanted</em>.<br/>", "It is bold and slanted."),
+        ("a <b and c> d, if x<y then y>x", "a <b and c> d, if x<y then y>x"),  # not tags: read as written
+        ("Use <stdio.h> or <vector>.", "Use <stdio.h> or <vector>."),
+    ],
+)
+def test_markup_tags_are_blanked_and_everything_else_kept(text: str, spoken: str) -> None:
+    blanked = unmarked(text)
+    assert len(blanked) == len(text) and tidy(blanked) == spoken

@@ -43,6 +43,8 @@ TEXTS: dict[str, str] = {
     "emoji": _fill("😀🎉🚀🌍🔥💡🎶 "),
     "ssml": _fill('<speak><prosody rate="slow">Hello there, this is a test.</prosody></speak> '),
     "long_word": _fill(WORD),
+    # The control: ordinary prose of the same length, for what any 5,000 characters cost a fresh server.
+    "prose": _fill("The quick brown fox jumps over the lazy dog, and then it runs far away into the deep green forest. "),
 }
 
 

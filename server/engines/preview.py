@@ -102,13 +102,14 @@ def _styled(audio: np.ndarray, rate: int, style: Style) -> np.ndarray:
 
 def readable(text: str) -> str:
     """What the English voice can read of ``text``: pictographs (emoji) and letters of other scripts
-    are not said (espeak would spell out each one's name), everything else is."""
+    are not said (espeak would spell out each one's name), control characters are spaces, everything
+    else is said."""
     return "".join(" " if _unreadable(ch) else ch for ch in text)
 
 
 def _unreadable(ch: str) -> bool:
     category = unicodedata.category(ch)
-    if category in ("So", "Cs", "Co", "Cn") or ch in "\u200d\ufe0f":
+    if category in ("So", "Cs", "Co", "Cn", "Cc") or ch in "\u200d\ufe0f":  # Cc: a NUL ends espeak's C string
         return True
     return category[0] == "L" and not unicodedata.name(ch, "").startswith("LATIN")
 
