@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,15 @@ def console_collector(page) -> list[str]:
     page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     return errors
+
+
+def sample(page: Any, expression: str, n: int = 8, interval: float = 0.04) -> list[Any]:
+    """Evaluate ``expression`` ``n`` times, ``interval`` seconds apart (a level over a stretch of playback)."""
+    values = []
+    for _ in range(n):
+        values.append(page.evaluate(expression))
+        time.sleep(interval)
+    return values
 
 
 LONG_TEXT = "This is a long text that keeps going, so that it can be stopped in the middle. " * 6

@@ -69,15 +69,6 @@ def page(chromium, server):
     assert not errors, errors
 
 
-def sample(page, expression: str, n: int = 8, interval: float = 0.04) -> list[Any]:
-    """Evaluate ``expression`` ``n`` times, ``interval`` seconds apart."""
-    values = []
-    for _ in range(n):
-        values.append(page.evaluate(expression))
-        time.sleep(interval)
-    return values
-
-
 def speak_and_wait(page, text: str, *, timeout: float = 30000) -> dict[str, Any]:
     """Press Ctrl+Enter in the text box and wait until the utterance has played out."""
     page.fill("#text", text)
@@ -85,7 +76,7 @@ def speak_and_wait(page, text: str, *, timeout: float = 30000) -> dict[str, Any]
     page.keyboard.press("Control+Enter")
     # While it plays, the AnalyserNode after the worklet must see real signal.
     page.wait_for_function(f"{LAST} && {LAST}.fig.ttfaHeard !== undefined", timeout=timeout)
-    peaks = sample(page, "window.minestream.player.outputPeak()")
+    peaks = browser.sample(page, "window.minestream.player.outputPeak()")
     page.wait_for_function(f"{LAST}.finished", timeout=timeout)
     result = page.evaluate(f"({{ fig: {LAST}.fig, maxPeak: window.minestream.player.stats.maxPeak, id: {LAST}.id }})")
     result["analyserPeak"] = max(peaks)
@@ -195,7 +186,7 @@ def test_stop_cuts_playback_and_generation(page, shots):
     page.wait_for_function("window.minestream.player.stats.state === 'idle'", timeout=2000)
     # The analyser still holds its last 2048 frames; once it empties, it must stay empty.
     page.wait_for_function("window.minestream.player.outputPeak() < 1e-4", timeout=1000)
-    quiet = sample(page, "window.minestream.player.outputPeak()", n=10, interval=0.03)
+    quiet = browser.sample(page, "window.minestream.player.outputPeak()", n=10, interval=0.03)
     assert max(quiet) < 1e-4, f"still playing after Stop: {quiet}"
     assert time.monotonic() - stopped < 1.5
 

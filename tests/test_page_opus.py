@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ def speak(page: Any, text: str = TEXT) -> dict[str, Any]:
     page.fill("#text", text)
     page.click("#speak")
     page.wait_for_function(f"{LAST} && {LAST}.fig.ttfaHeard !== undefined", timeout=30000)
-    peak = max(page.evaluate("window.minestream.player.outputPeak()") for _ in range(10) if time.sleep(0.03) is None)
+    peak = max(browser.sample(page, "window.minestream.player.outputPeak()", n=10, interval=0.03))
     page.wait_for_function(f"{LAST}.finished", timeout=30000)
     result: dict[str, Any] = page.evaluate(
         f"({{ fig: {LAST}.fig, rate: {LAST}.rate, maxPeak: window.minestream.player.stats.maxPeak, status: document.querySelector('#talk-status').textContent }})"
@@ -104,7 +103,7 @@ def test_stop_cuts_opus_playback_at_once(page: Any) -> None:
     page.click("#stop")
     page.wait_for_function("window.minestream.player.stats.state === 'idle'", timeout=2000)
     page.wait_for_function("window.minestream.player.outputPeak() < 1e-4", timeout=1000)
-    quiet = [page.evaluate("window.minestream.player.outputPeak()") for _ in range(10) if time.sleep(0.03) is None]
+    quiet = browser.sample(page, "window.minestream.player.outputPeak()", n=10, interval=0.03)
     assert max(quiet) < 1e-4, quiet
     # The next utterance is a new stream and plays.
     assert speak(page, "Again.")["maxPeak"] > 0.05
