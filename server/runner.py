@@ -62,6 +62,8 @@ def configure_logging(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # Alembic lists each of its plugins at INFO on every start; "Running upgrade" stays.
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))
 
 
 def http_protocol(first_request_s: float) -> type[asyncio.Protocol]:
