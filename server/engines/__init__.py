@@ -7,6 +7,7 @@ OpenAI-compatible ``POST /v1/audio/speech``.
 
 from __future__ import annotations
 
+import glob
 import logging
 
 from ..config import Settings
@@ -46,8 +47,15 @@ def create_engine(settings: Settings) -> Engine:
     raise ValueError(f"unknown engine {settings.engine!r}: choose auto, preview, qwen, ray or openai")
 
 
+_GPU_DEVICES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
+"""Device nodes of NVIDIA, ROCm and WSL GPUs: without one, torch sees no CUDA device either."""
+
+
 def _qwen_missing(settings: Settings) -> str | None:
     """Why the Qwen engine cannot run here, or None when it can."""
+    if not any(glob.glob(pattern) for pattern in _GPU_DEVICES):
+        # Importing torch only to hear "no GPU" costs seconds at every start of a CPU server.
+        return "no GPU device node (/dev/nvidia*, /dev/kfd, /dev/dxg) on this machine"
     try:
         import torch
     except ImportError:
