@@ -9,6 +9,9 @@ batch size B with every row active:
 * step: the whole captured step (predictor loop, talker step, sampling, state
   updates), as the scheduler runs it;
 * predictor: the 15-codebook loop alone (sampling included), captured alone;
+* eager predictor: the same loop through upstream's modules (``CodePredictor``,
+  the reference), and the share of its codes the folded predictor matches on
+  the same inputs and draws (1.0 in float32; bf16 rounds the folded weights);
 * talker: one talker step over the KV pool (and the codec head), captured alone;
 * other: step - predictor - talker (the talker's sampling and the row updates);
 * prefill: B prompts prefilled together (eager, as admission runs them);
@@ -62,7 +65,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], None], int], float]:
 
 
 @torch.inference_mode()
-def profile(runtime: Any, sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+def profile(runtime: Any, sizes: list[int], repeats: int, eager: Any = None) -> list[dict[str, Any]]:
     batch, codec = runtime.batch, runtime.codec
     prompt = runtime.prompts.build(_voice(runtime.kind), TEXT, "english")
     time_ms = _timer(batch.device)
@@ -78,10 +81,14 @@ def profile(runtime: Any, sizes: list[int], repeats: int) -> list[dict[str, Any]
         predictor = Replay(_predictor_call(batch, size), batch.device, graphs=batch.graphs)
         talker = Replay(_talker_call(batch, size, keys), batch.device, graphs=batch.graphs)
         figures = {"batch": size, "keys": keys, "step_ms": time_ms(step, repeats), "predictor_ms": time_ms(predictor, repeats)}
+        if eager is not None:
+            figures["eager_predictor_ms"] = time_ms(Replay(_predictor_call(batch, size, eager), batch.device, graphs=batch.graphs), repeats)
         figures["talker_ms"] = time_ms(talker, repeats)
         figures["other_ms"] = figures["step_ms"] - figures["predictor_ms"] - figures["talker_ms"]
         figures["prefill_ms"] = prefill_ms
         figures["codec_ms"] = _codec_ms(codec, size, batch.device)
+        if eager is not None:
+            figures["agreement"] = _agreement(batch, size, eager)  # last: it steps the rows on
         rows_out.append({k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()})
         print("profile", rows_out[-1], flush=True)
         for row in rows:
@@ -97,15 +104,28 @@ def _voice(kind: str) -> Any:
     return Voice(design=INSTRUCT) if kind == "design" else Voice(reference=Reference(reference_audio(), key="profile"))
 
 
-def _predictor_call(batch: Any, size: int) -> Callable[[], None]:
+def _predictor_call(batch: Any, size: int, predictor: Any = None) -> Callable[[], None]:
     rows = slice(0, size)
     noise = None if batch.predictor_noise is None else batch.predictor_noise[rows]
     settings = batch.predictor_settings.rows(rows)
+    predictor = predictor or batch.predictor
 
     def run() -> None:
-        batch.predictor(batch.last_hidden[rows], batch.last_token[rows], settings, noise)
+        predictor(batch.last_hidden[rows], batch.last_token[rows], settings, noise)
 
     return run
+
+
+def _agreement(batch: Any, size: int, eager: Any, frames: int = 8) -> float:
+    """The share of codebook codes the batch's predictor and ``eager`` agree on, over a few steps' inputs."""
+    rows, same, total = slice(0, size), 0, 0
+    for _ in range(frames):
+        noise = None if batch.predictor_noise is None else batch.predictor_noise[rows]
+        args = (batch.last_hidden[rows], batch.last_token[rows], batch.predictor_settings.rows(rows), noise)
+        ours, theirs = batch.predictor(*args)[0], eager(*args)[0]
+        same, total = same + int((ours == theirs).sum()), total + ours.numel()
+        batch.step()  # new hidden states and tokens (and, with counter noise, new draws) for the next comparison
+    return same / total
 
 
 def _talker_call(batch: Any, size: int, keys: int) -> Callable[[], None]:
@@ -137,12 +157,13 @@ def table(rows: list[dict[str, Any]], kind: str, codec: str) -> str:
     lines = [
         f"One {kind} decode step by batch size (ms; every row active; codec {codec}):",
         "",
-        "| batch | keys | step | predictor | talker | other | prefill (B prompts) | codec (B x 12 frames) | step ms / row |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | keys | step | predictor (folded) | eager predictor | codes agree | talker | other | prefill (B prompts) | codec (B x 12 frames) | step ms / row |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        eager = f"{r['eager_predictor_ms']:.2f} | {r['agreement']:.4f}" if "agreement" in r else "- | -"
         lines.append(
-            f"| {r['batch']} | {r['keys']} | {r['step_ms']:.2f} | {r['predictor_ms']:.2f} | {r['talker_ms']:.2f} | {r['other_ms']:.2f} "
+            f"| {r['batch']} | {r['keys']} | {r['step_ms']:.2f} | {r['predictor_ms']:.2f} | {eager} | {r['talker_ms']:.2f} | {r['other_ms']:.2f} "
             f"| {r['prefill_ms']:.1f} | {r['codec_ms']:.1f} | {r['step_ms'] / r['batch']:.3f} |"
         )
     return "\n".join(lines)
@@ -162,6 +183,7 @@ def main(argv: list[str] | None = None) -> str:
     args = p.parse_args(argv)
     from server.engines.qwen import compat
     from server.engines.qwen.manager import ModelManager
+    from server.engines.qwen.predictor import CodePredictor
     from server.engines.qwen.prompt import ClonePromptCache
     from server.engines.qwen.runtime import DecodeSettings, RuntimeFactory
 
@@ -178,7 +200,8 @@ def main(argv: list[str] | None = None) -> str:
     manager = ModelManager({args.kind: source}, factory, device=device, dtype=dtype, max_rows=args.rows, max_len=2048, max_text=512)
     runtime = factory.build(args.kind, manager.loader(source), args.rows)
     with runtime.context():
-        rows = profile(runtime, [int(b) for b in args.batch.split(",")], args.repeats)
+        eager = CodePredictor(runtime.tts.model.talker, args.rows, top_p=runtime.batch.plan.predictor_top_p)
+        rows = profile(runtime, [int(b) for b in args.batch.split(",")], args.repeats, eager)
     text = table(rows, args.kind, type(runtime.codec).__name__)
     print(text)
     if args.out is not None:

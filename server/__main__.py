@@ -92,6 +92,7 @@ def _parser() -> _Options:
     add("--design-model", default=Settings.design_model, help="VoiceDesign model: hub id or local directory")
     add("--base-model", default=Settings.base_model, help="Base (clone) model: hub id or local directory")
     add("--qwen-decode", choices=("auto", "graphs", "eager"), default="auto", help="auto: the batched step as CUDA graphs on a GPU")
+    add("--qwen-predictor", choices=("folded", "eager"), default="folded", help="the code predictor over folded weights, or upstream's modules (the reference)")
     add("--preview-workers", type=int, help="preview engine worker threads (default: one per core, at most 4)")
     add("--preview-threads", type=int, default=Settings.preview_threads, help="threads per preview worker")
     add("--database-url", help="voice library database, e.g. postgresql+asyncpg://user:pass@host/db (default: SQLite in the data dir)")
@@ -168,6 +169,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         design_model=args.design_model,
         base_model=args.base_model,
         qwen_decode=args.qwen_decode,
+        qwen_predictor=args.qwen_predictor,
         preview_workers=args.preview_workers,
         preview_threads=args.preview_threads,
         token=token,

@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--data-dir", type=Path, default=Path("data"), help="replicas' engine cache (voice-clone prompts) lives under DATA_DIR/cache")
     add("--design-model", default=Settings.design_model)
     add("--base-model", default=Settings.base_model)
-    add("--qwen-decode", choices=("auto", "static", "plain"), default="auto")
+    add("--qwen-decode", choices=("auto", "graphs", "eager"), default="auto")
+    add("--qwen-predictor", choices=("folded", "eager"), default="folded")
     add("--preview-workers", type=int, default=1, help="Piper workers per preview replica (default 1)")
     add("--preview-threads", type=int, default=Settings.preview_threads)
     add("--address-file", type=Path, help="write the address fronts connect to here once the replicas run")
@@ -63,6 +64,7 @@ def engine_settings(args: argparse.Namespace) -> Settings:
         design_model=args.design_model,
         base_model=args.base_model,
         qwen_decode=args.qwen_decode,
+        qwen_predictor=args.qwen_predictor,
         preview_workers=args.preview_workers,
         preview_threads=args.preview_threads,
     )

@@ -61,6 +61,8 @@ class Settings:
     base_model: str = "Qwen/Qwen3-TTS-12Hz-1.7B-Base"
     qwen_decode: str = "auto"
     """Qwen decode step: CUDA graphs ("graphs"), op by op ("eager"), or by device ("auto": graphs on a GPU)."""
+    qwen_predictor: str = "folded"
+    """Qwen code predictor: folded weights ("folded"), or upstream's modules one by one ("eager", the reference)."""
     preview_workers: int | None = None
     preview_threads: int = 2
     """Threads per Piper instance: 2 halves a lone sentence's latency on 2 cores; 1 is leaner under heavy load."""

@@ -30,8 +30,10 @@ from transformers.generation.logits_process import (  # noqa: E402
 from server.engines.base import SAMPLE_RATE  # noqa: E402
 from server.engines.qwen import compat  # noqa: E402
 from server.engines.qwen.batch import Admission, DecodeBatch  # noqa: E402
-from server.engines.qwen.manager import plan_memory, row_bytes  # noqa: E402
+from server.engines.qwen.folded_predictor import FoldedCodePredictor  # noqa: E402
+from server.engines.qwen.manager import folded_bytes, plan_memory, row_bytes  # noqa: E402
 from server.engines.qwen.noise import CounterNoise  # noqa: E402
+from server.engines.qwen.predictor import CodePredictor  # noqa: E402
 from server.engines.qwen.prompt import Prompt, capture_prompt, sampling_kwargs  # noqa: E402
 from server.engines.qwen.sampling import Penalties, SamplingPlan, Settings, choose, penalize, warp  # noqa: E402
 from server.errors import EngineError  # noqa: E402
@@ -90,9 +92,9 @@ def _prompt(tts: Any, method: str, kwargs: dict[str, Any], sampling: dict[str, A
     return capture_prompt(tts, method, **kwargs, **sampling_kwargs(tts, {**sampling, "max_new_tokens": 200}))
 
 
-def _batch(tts: Any, sampling: dict[str, Any], rows: int, noise: str = "counter") -> DecodeBatch:
+def _batch(tts: Any, sampling: dict[str, Any], rows: int, noise: str = "counter", predictor: str = "folded") -> DecodeBatch:
     plan = SamplingPlan.from_kwargs(sampling_kwargs(tts, sampling))
-    batch = DecodeBatch(tts, plan, rows=rows, max_len=256, graphs=GRAPHS, noise=noise)
+    batch = DecodeBatch(tts, plan, rows=rows, max_len=256, graphs=GRAPHS, noise=noise, predictor=predictor)
     batch.capture()
     return batch
 
@@ -126,9 +128,9 @@ def _drive(batch: DecodeBatch, streams: list[tuple[int, str, Admission]]) -> dic
     raise AssertionError("the streams did not end")
 
 
-@pytest.mark.parametrize("model", ["design", "base"])
-def test_rows_decoded_together_equal_one_by_one_and_upstream(upstream: tuple[Any, Any], cases: dict[str, Case], model: str) -> None:
-    """Greedy: different prompt lengths, rows joining and leaving mid-stream, more streams than rows."""
+@pytest.mark.parametrize("model,predictor", [("design", "folded"), ("base", "folded"), ("design", "eager")])
+def test_rows_decoded_together_equal_one_by_one_and_upstream(upstream: tuple[Any, Any], cases: dict[str, Case], model: str, predictor: str) -> None:
+    """Greedy: different prompt lengths, rows joining and leaving mid-stream, more streams than rows; either predictor."""
     names = ("short", "medium", "long") if model == "design" else ("xvec", "icl", "icl-long")
     mine = {name: cases[name] for name in names}
     tts = upstream[0] if model == "design" else upstream[1]
@@ -136,9 +138,9 @@ def test_rows_decoded_together_equal_one_by_one_and_upstream(upstream: tuple[Any
     admissions = {name: Admission(_prompt(tts, method, kw, GREEDY), caps[name]) for name, (_, method, kw) in mine.items()}
     assert len({a.prompt.length for a in admissions.values()}) == len(admissions)  # every prompt length differs
     schedule = [(2 * i, name, a) for i, (name, a) in enumerate(admissions.items())]
-    together = _drive(_batch(tts, GREEDY, rows=2), schedule)
+    together = _drive(_batch(tts, GREEDY, rows=2, predictor=predictor), schedule)
     for name, admission in admissions.items():
-        alone = _drive(_batch(tts, GREEDY, rows=1), [(0, name, admission)])[name]
+        alone = _drive(_batch(tts, GREEDY, rows=1, predictor=predictor), [(0, name, admission)])[name]
         _, method, kw = mine[name]
         expected, _ = qwen_tiny.upstream_generate(tts, method, **kw, **GREEDY, max_new_tokens=caps[name] + 1)
         assert alone.shape == (caps[name], 16)
@@ -183,6 +185,33 @@ def test_seeded_rows_do_not_depend_on_their_company(upstream: tuple[Any, Any], c
     np.testing.assert_array_equal(crowd["twin"], alone)  # the same seed on another row, at another time
     other_seed = run([(0, "a", "medium", 8)], 1)["a"]
     assert not np.array_equal(other_seed, alone)
+
+
+@pytest.mark.parametrize("model", ["design", "base"])
+def test_folded_predictor_equals_the_eager_one(upstream: tuple[Any, Any], model: str) -> None:
+    """Folding moves rounding, not arithmetic: the same codes and the same summed embedding (to float32
+    rounding), for greedy and sampled rows, at batch 1 and in a batch, frame after frame."""
+    tts = upstream[0] if model == "design" else upstream[1]
+    talker = tts.model.talker
+    rows, vocab = 5, talker.code_predictor.config.vocab_size
+    eager, folded = CodePredictor(talker, rows, top_p=True), FoldedCodePredictor(talker, rows, top_p=True)
+    settings = Settings.allocate(rows, vocab, torch.device(DEVICE))
+    kinds = [{}, {"do_sample": True}, {"do_sample": True, "temperature": 0.8, "top_k": 10}, {"do_sample": True, "top_k": 30, "top_p": 0.7},
+             {"do_sample": True, "temperature": 1.4, "top_p": 0.95}]  # fmt: skip
+    for row, kw in enumerate(kinds):
+        settings.assign(row, kw, vocab)
+    gen = torch.Generator().manual_seed(4)
+    with torch.inference_mode():
+        for _ in range(6):
+            hidden = torch.randn(rows, 1, talker.config.hidden_size, generator=gen).to(DEVICE)
+            token = torch.randint(0, talker.config.vocab_size, (rows,), generator=gen).to(DEVICE)
+            noise = torch.empty(rows, talker.config.num_code_groups - 1, vocab).exponential_(generator=gen).to(DEVICE)
+            for batch in (1, rows):
+                args = (hidden[:batch], token[:batch], settings.rows(slice(0, batch)), noise[:batch])
+                (codes, embeds), (folded_codes, folded_embeds) = eager(*args), folded(*args)
+                assert torch.equal(folded_codes, codes)
+                torch.testing.assert_close(folded_embeds, embeds, rtol=1e-5, atol=1e-5)
+    assert sum(t.numel() * t.element_size() for t in folded.weights()) <= folded_bytes(talker.config.to_dict(), torch.float32)
 
 
 def _transformers_choice(scores: torch.Tensor, seen: list[int], sampled: int, kw: dict[str, Any], noise: torch.Tensor) -> tuple[torch.Tensor, int]:

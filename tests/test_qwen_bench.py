@@ -99,3 +99,15 @@ def test_load_mode_reports_every_level(qwen_tiny_models: tuple[Path, Path], tmp_
     assert set(rows[1]["engine"]["step_ms"]) == {"design", "base"}  # both models stepped in the mixed level
     assert "| mixed 1+1 | 2 |" in (tmp_path / "load.md").read_text()
     assert len(json.loads((tmp_path / "load.json").read_text())["rows"]) == 2
+
+
+def test_op_count_of_a_frame_folded_against_upstream_modules() -> None:
+    """``bench.qwen_ops``: at the real depth the folded predictor dispatches far fewer ops (a count, not a time)."""
+    from bench import qwen_ops
+
+    counts = qwen_ops.count(layers=5, rows=2)
+    folded, eager = counts["folded"], counts["eager"]
+    # Per frame: 15 passes of 5 layers; eager runs 7 projections a layer and a head per codebook, folded 4 and 1.
+    assert eager["linear"] == 15 * 5 * 7 + 15 and folded["linear"] + folded["matmul"] == 15 * 5 * 4 + 15
+    assert folded["rms_norm"] == 15 * (5 * 4 + 1) and "pow" not in folded and "rsqrt" not in folded
+    assert sum(folded.values()) < 0.6 * sum(eager.values())

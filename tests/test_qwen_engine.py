@@ -284,9 +284,9 @@ def test_designed_voice_continues_with_base_clone(qwen_tiny_models) -> None:
 
 
 def test_one_model_mode_swaps_on_demand(qwen_tiny_models) -> None:
-    from server.engines.qwen.manager import estimate_bytes
+    from server.engines.qwen.manager import estimate_bytes, folded_bytes, talker_config
 
-    need = max(estimate_bytes(str(p), torch.float32) for p in qwen_tiny_models)
+    need = max(estimate_bytes(str(p), torch.float32) + folded_bytes(talker_config(str(p)), torch.float32) for p in qwen_tiny_models)
 
     async def body(engine: QwenEngine) -> list[dict]:
         seen = [engine.health()]
@@ -324,7 +324,8 @@ def test_runtimes_are_made_at_start_not_in_the_first_request(qwen_tiny_models) -
     rows = run_engine(qwen_tiny_models, body, rows=8, memory_budget_bytes=1 << 34)
     graphs = 0 if DEVICE == "cpu" else 4 * 4  # batch buckets 1..8 by key buckets 256..2048
     assert {k: {**r, "codec": "?"} for k, r in rows.items()} == {
-        k: {"rows_in_use": 0, "rows_total": 8, "max_len": 2048, "graphs": graphs, "steps": 0, "codec": "?"} for k in ("design", "base")
+        k: {"rows_in_use": 0, "rows_total": 8, "max_len": 2048, "graphs": graphs, "steps": 0, "codec": "?", "predictor": "FoldedCodePredictor"}
+        for k in ("design", "base")
     }
 
 

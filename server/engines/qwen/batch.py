@@ -30,6 +30,7 @@ import heapq
 import secrets
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,15 +38,18 @@ import numpy as np
 import torch
 
 from ...errors import EngineError
+from .folded_predictor import FoldedCodePredictor
 from .graphs import BATCH_BUCKETS, KEY_BUCKETS, Replay, bucket, buckets
 from .layers import TalkerStack
 from .noise import CounterNoise, GeneratorNoise
-from .predictor import CodePredictor
+from .predictor import CodePredictor, Predictor
 from .prompt import Prompt
 from .sampling import Penalties, SamplingPlan, Settings, choose, penalize
 
 DEFAULT_MAX_LEN = 2048  # prompt + frames per row: 1.7B keeps ~235 MB of bf16 keys and values per row
 DEFAULT_MAX_TEXT = 512  # trailing text positions per row
+PREDICTORS: dict[str, Callable[..., Predictor]] = {"folded": FoldedCodePredictor, "eager": CodePredictor}
+"""The code predictor's two forms: folded weights (the server's), upstream's modules one by one (the reference)."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,12 @@ class DecodeBatch:
         max_text: int = DEFAULT_MAX_TEXT,
         graphs: bool = True,
         noise: str = "counter",
+        predictor: str = "folded",
     ) -> None:
         if noise not in ("counter", "generator"):
             raise ValueError(f"noise must be counter or generator, not {noise!r}")
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {', '.join(PREDICTORS)}, not {predictor!r}")
         talker = tts.model.talker
         config = talker.config
         weight = talker.codec_head.weight
@@ -85,7 +92,7 @@ class DecodeBatch:
         self.groups = config.num_code_groups - 1
         self.codec_head = talker.codec_head
         self.stack = TalkerStack(talker, rows, max_len)
-        self.predictor = CodePredictor(talker, rows, top_p=plan.predictor_top_p)
+        self.predictor = PREDICTORS[predictor](talker, rows, top_p=plan.predictor_top_p)
         self.predictor_vocab = predictor_vocab = talker.code_predictor.config.vocab_size
         self.batch_buckets = buckets(BATCH_BUCKETS, rows)
         self.key_buckets = buckets(KEY_BUCKETS, max_len)
@@ -149,7 +156,7 @@ class DecodeBatch:
         tensors = [*self._per_row, self.active, self.out, *vars(self.talker_settings).values(),
                    *vars(self.predictor_settings).values(), *vars(self.penalties).values()]  # fmt: skip
         tensors += [t for t in (self.talker_noise, self.predictor_noise) if t is not None]
-        tensors += [*self.predictor.stack.keys, *self.predictor.stack.values]
+        tensors += self.predictor.scratch()
         return self.stack.bytes() + sum(t.numel() * t.element_size() for t in tensors)
 
     def release(self, row: int) -> None:

@@ -64,13 +64,16 @@ class QwenEngine(Engine):
         prefill_positions: int = DEFAULT_PREFILL_POSITIONS,
         decode: str = "auto",
         noise: str = "counter",
+        predictor: str = "folded",
         codec: str = "auto",
         cache_dir: Path | None = None,
     ) -> None:
         """``rows``: decode rows per model at most (the memory plan may give fewer). ``decode``:
         "graphs" captures the batch's step as CUDA graphs, "eager" runs it op by op, "auto" is
         graphs on a GPU. ``noise``: "counter" (per-row counter-based draws, the server's) or
-        "generator" (one torch.Generator per row, in upstream's order: a reference). ``codec``:
+        "generator" (one torch.Generator per row, in upstream's order: a reference). ``predictor``:
+        "folded" (the code predictor over folded weights) or "eager" (upstream's modules, the
+        reference). ``codec``:
         "window" (re-decodes 72 frames of left context per chunk), "stateful" (``codec.CodecBatch``),
         "auto" (stateful where this build has it). ``cache_dir``: where voice-clone prompts are
         kept across restarts, by the library's reference key."""
@@ -86,7 +89,7 @@ class QwenEngine(Engine):
         graphs = decode != "eager" and self.device.startswith("cuda")
         self.decode = "graphs" if graphs else "eager"
         self.settings = DecodeSettings(
-            generation=dict(generation or {}), max_len=max_len, max_text=max_text, graphs=graphs, noise=noise,
+            generation=dict(generation or {}), max_len=max_len, max_text=max_text, graphs=graphs, noise=noise, predictor=predictor,
             codec=codec, left_context=left_context_frames, longest_chunk=chunk_frames[1],
         )  # fmt: skip
         self.rows = rows

@@ -17,14 +17,21 @@ folds into one weight, once, at construction:
   one row lookup; the first code's table likewise from the talker's embedding;
 * the 15 heads into one stacked weight.
 
-What stays as upstream computes it: the normalisation itself, the per-head
-query and key norms (their weights follow a normalisation of the projected
-heads, so nothing linear sits next to them), rotary positions, attention, the
-activation, the sampler, and the frame's summed embedding (from the unprojected
-tables, in upstream's order). Folding moves rounding, not arithmetic: in
-float32 the logits agree with the eager path to ~1e-6 and the codes are the
-same (tests/test_qwen_batch.py); in bf16 the agreement rate is what the GPU
-benchmark reports.
+And two spellings that issue fewer ops for the same values: every RMSNorm as
+one ``F.rms_norm`` (upstream's spelling is five ops: pow, mean, add, rsqrt,
+mul), and rotary as ``roll`` times a sine whose first half is negated (exactly
+``rotate_half(x) * sin``, without the negation and the concatenation). At the
+real depth (5 layers) a frame dispatches 2,105 ops instead of 3,890, and
+matrix products 315 instead of 540 (``bench/RESULTS.md``).
+
+What stays as upstream computes it: the per-head query and key norms' weights
+(they follow a normalisation of the projected heads, so nothing linear sits
+next to them), attention, the activation, the sampler, and the frame's summed
+embedding (from the unprojected tables, in upstream's order). Folding moves
+rounding, not arithmetic: in float32 the codes are the same as the eager path's
+and upstream's, and the summed embedding agrees to float32 rounding
+(tests/test_qwen_batch.py); in bf16 the agreement rate is what the GPU
+benchmark reports (``bench.qwen_profile``).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .layers import _kv_shape, _rotate_half
+from .layers import kv_shape
 from .sampling import Settings, choose
 
 
@@ -62,9 +69,16 @@ def _fold(weight: torch.Tensor, norm: Any) -> torch.Tensor:
 
 
 def _normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """An RMSNorm without its weight, in upstream's precision (float32, back to the input's dtype)."""
-    h = x.float()
-    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    """An RMSNorm without its weight, in upstream's precision (float32, back to the input's dtype).
+
+    ``F.rms_norm`` is one op where upstream's spelling is five (one fused kernel on CUDA).
+    """
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def _head_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    """Upstream's per-head RMSNorm (weight times the normalised input, in the input's dtype) in two ops."""
+    return norm.weight * _normalise(x, norm.variance_epsilon)
 
 
 def _layer(layer: Any) -> _Layer:
@@ -95,7 +109,7 @@ class FoldedCodePredictor:
         self.groups = talker.config.num_code_groups - 1
         self.top_p = top_p
         self.layers = [_layer(layer) for layer in model.layers]
-        self.heads, self.kv_heads, self.head_dim = _kv_shape(model.config)
+        self.heads, self.kv_heads, self.head_dim = kv_shape(model.config)
         self.scale = model.layers[0].self_attn.scaling
         self.eps_final = model.norm.variance_epsilon
         self.head = torch.stack([_fold(h.weight, model.norm) for h in predictor.lm_head])  # (15, V, H)
@@ -115,9 +129,18 @@ class FoldedCodePredictor:
         self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         probe = torch.zeros(1, dtype=self.dtype, device=self.device)
         cos, sin = model.rotary_emb(probe, torch.arange(positions, device=self.device)[None])
-        self.cos, self.sin = cos[0], sin[0]
+        half = self.head_dim // 2
+        self.cos, self.sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)  # signed for the roll
         self.q_size = self.heads * self.head_dim
         self.kv_size = self.kv_heads * self.head_dim
+
+    def scratch(self) -> list[torch.Tensor]:
+        """The per-frame caches (per row: the batch counts their memory)."""
+        return [*self.keys, *self.values]
+
+    def weights(self) -> list[torch.Tensor]:
+        """The folded copies (once per model: the memory plan counts them beside the weights, ``manager.folded_bytes``)."""
+        return [self.head, self.first_table, *self.tables, *(w for layer in self.layers for w in (layer.qkv, layer.gate_up))]
 
     def __call__(
         self, past_hidden: torch.Tensor, token: torch.Tensor, settings: Settings, noise: torch.Tensor | None
@@ -151,11 +174,12 @@ class FoldedCodePredictor:
         qkv = F.linear(_normalise(x, w.eps_in), w.qkv, w.qkv_bias)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         shape = (*x.shape[:-1], -1, self.head_dim)
-        q = w.q_norm(q.view(shape)).transpose(1, 2)
-        k = w.k_norm(k.view(shape)).transpose(1, 2)
+        q = _head_norm(w.q_norm, q.view(shape)).transpose(1, 2)
+        k = _head_norm(w.k_norm, k.view(shape)).transpose(1, 2)
         v = v.view(shape).transpose(1, 2)
-        q = (q * cos) + (_rotate_half(q) * sin)
-        k = (k * cos) + (_rotate_half(k) * sin)
+        # rotate_half(x) * sin == roll(x, D/2) * (sin with its first half negated), exactly: one op, not two.
+        q = (q * cos) + (q.roll(self.head_dim // 2, -1) * sin)
+        k = (k * cos) + (k.roll(self.head_dim // 2, -1) * sin)
         keys, values = self.keys[index][:batch], self.values[index][:batch]
         keys[:, :, start:end] = k
         values[:, :, start:end] = v

@@ -38,7 +38,7 @@ Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(layer index, queries, keys, values) -> attention output (B, heads, T, head_dim)."""
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
@@ -52,14 +52,14 @@ def decoder_layer(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
     q = attn.q_norm(attn.q_proj(h).view(shape)).transpose(1, 2)
     k = attn.k_norm(attn.k_proj(h).view(shape)).transpose(1, 2)
     v = attn.v_proj(h).view(shape).transpose(1, 2)
-    q = (q * cos) + (_rotate_half(q) * sin)
-    k = (k * cos) + (_rotate_half(k) * sin)
+    q = (q * cos) + (rotate_half(q) * sin)
+    k = (k * cos) + (rotate_half(k) * sin)
     out = attend(index, q, k, v).transpose(1, 2).reshape(*h.shape[:-1], -1)
     x = residual + attn.o_proj(out)
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
-def _kv_shape(config: Any) -> tuple[int, int, int]:
+def kv_shape(config: Any) -> tuple[int, int, int]:
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -75,7 +75,7 @@ class TalkerStack:
         self.device, self.dtype = weight.device, weight.dtype
         self.layers = list(model.layers)
         self.norm = model.norm
-        self.heads, self.kv_heads, self.head_dim = _kv_shape(talker.config)
+        self.heads, self.kv_heads, self.head_dim = kv_shape(talker.config)
         self.scale = self.layers[0].self_attn.scaling
         self.max_len = max_len
         shape = (rows, self.kv_heads, max_len, self.head_dim)
@@ -149,7 +149,7 @@ class PredictorStack:
         self.layers = list(model.layers)
         self.norm = model.norm
         self.project = predictor.small_to_mtp_projection
-        self.heads, self.kv_heads, self.head_dim = _kv_shape(model.config)
+        self.heads, self.kv_heads, self.head_dim = kv_shape(model.config)
         self.scale = self.layers[0].self_attn.scaling
         shape = (rows, self.kv_heads, positions, self.head_dim)
         self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]

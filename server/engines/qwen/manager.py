@@ -77,6 +77,20 @@ def row_bytes(talker: dict[str, Any], dtype: torch.dtype, max_len: int, max_text
     return kv(talker, max_len) + kv(predictor, groups + 1) + (max_text + 2) * hidden * size + sampling + _CODEC_ROW_BYTES
 
 
+def folded_bytes(talker: dict[str, Any], dtype: torch.dtype) -> int:
+    """The folded code predictor's own copies (``folded_predictor.py``): its heads, input tables and fused weights."""
+    size = torch.finfo(dtype).bits // 8
+    p = talker.get("code_predictor_config") or {}
+    hidden, vocab = int(p.get("hidden_size", 1024)), int(p.get("vocab_size", 2048))
+    heads = int(p.get("num_attention_heads", 16))
+    head_dim = int(p.get("head_dim") or hidden // heads)
+    qkv = (heads + 2 * int(p.get("num_key_value_heads", heads))) * head_dim * hidden
+    gate_up = 2 * int(p.get("intermediate_size", 3072)) * hidden
+    groups = int(talker.get("num_code_groups", 16)) - 1
+    tables = 2 * groups * vocab * hidden + int(talker["vocab_size"]) * hidden
+    return (int(p["num_hidden_layers"]) * (qkv + gate_up) + tables) * size
+
+
 def talker_config(source: str) -> dict[str, Any]:
     path = local_snapshot(source)
     if path is None:
@@ -149,7 +163,7 @@ class ModelManager:
 
     def start(self) -> None:
         """Decide the memory plan, then load what it keeps resident from the start (both, or Base)."""
-        weights = {kind: estimate_bytes(source, self.dtype) for kind, source in self.sources.items()}
+        weights = {kind: estimate_bytes(source, self.dtype) + folded_bytes(talker_config(source), self.dtype) for kind, source in self.sources.items()}
         per_row = {kind: row_bytes(talker_config(source), self.dtype, self.max_len, self.max_text) for kind, source in self.sources.items()}
         self.budget = self._memory_figure()
         reserve = _GPU_RESERVE if self.configured_budget is None and self.device.startswith("cuda") else 0

@@ -9,18 +9,30 @@ per stream; ``CodePredictor`` runs it for rows ``0..B-1`` together, with the
 rows' own sampling settings and noise, and no host syncs, so the whole loop is
 captured inside the batch's step graph.
 
-It is the one place a fused predictor (issue 16: folded norms, one kernel per
-layer, top-k without sorting) plugs in: anything with this ``__call__`` works.
+This is the reference form, upstream's modules called one by one;
+``folded_predictor.FoldedCodePredictor`` is the same contract over folded
+weights (the server's default), and anything with this ``__call__`` and
+``scratch`` plugs in.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from .layers import PredictorStack
 from .sampling import Settings, choose
+
+
+class Predictor(Protocol):
+    """What the decode batch needs of a code predictor."""
+
+    def scratch(self) -> list[torch.Tensor]: ...
+
+    def __call__(
+        self, past_hidden: torch.Tensor, token: torch.Tensor, settings: Settings, noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class CodePredictor:
@@ -34,6 +46,10 @@ class CodePredictor:
         self.heads = predictor.lm_head
         self.stack = PredictorStack(predictor, rows, self.groups + 1)
         self.top_p = top_p
+
+    def scratch(self) -> list[torch.Tensor]:
+        """The per-frame caches this predictor preallocated (the batch counts their memory)."""
+        return [*self.stack.keys, *self.stack.values]
 
     def __call__(
         self, past_hidden: torch.Tensor, token: torch.Tensor, settings: Settings, noise: torch.Tensor | None

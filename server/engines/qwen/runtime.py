@@ -49,6 +49,7 @@ class DecodeSettings:
     max_text: int = DEFAULT_MAX_TEXT
     graphs: bool = True
     noise: str = "counter"
+    predictor: str = "folded"
     codec: str = "auto"
     left_context: int = DEFAULT_LEFT_CONTEXT
     longest_chunk: int = 12
@@ -96,6 +97,7 @@ class ModelRuntime:
             "graphs": self.batch.graph_count,
             "steps": self.batch.steps,
             "codec": type(self.codec).__name__,
+            "predictor": type(self.batch.predictor).__name__,
         }
 
 
@@ -113,7 +115,8 @@ class RuntimeFactory:
         prompts = PromptBuilder(tts, s.generation, self.clones)
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             batch = DecodeBatch(
-                tts, SamplingPlan.from_kwargs(prompts.sampling), rows=rows, max_len=s.max_len, max_text=s.max_text, graphs=s.graphs, noise=s.noise
+                tts, SamplingPlan.from_kwargs(prompts.sampling), rows=rows, max_len=s.max_len, max_text=s.max_text, graphs=s.graphs,
+                noise=s.noise, predictor=s.predictor,
             )
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             codec = make_codec(s.codec, tts.model.speech_tokenizer.model.decoder, rows, s.left_context)
