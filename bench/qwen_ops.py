@@ -1,12 +1,13 @@
-"""How many ops one frame of the code predictor dispatches: upstream's modules vs the folded predictor.
+"""How many ops one frame dispatches: the code predictor (upstream's modules vs folded) and one talker step.
 
-    python -m bench.qwen_ops [--layers 5] [--rows 1]
+    python -m bench.qwen_ops [--layers 5] [--talker-layers 28] [--rows 1]
 
 Counts every ATen op that does work (views excluded) in one call of each
-predictor on a tiny random-weight model with the real depth (5 layers) and
-sampling on: a proxy, independent of the machine, for the kernels a frame
-launches on a GPU, where the code predictor is bound by their number, not
-their size (issue 16).
+predictor, and in one talker step with upstream's RMSNorm modules and with the
+fused spelling the talker stack uses, on tiny random-weight models with the
+real depths (5 predictor layers, 28 talker layers) and sampling on: a proxy,
+independent of the machine, for the kernels a frame launches on a GPU, where
+a frame is bound by their number, not their size (issue 16).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import tempfile
 from typing import Any
 
@@ -37,18 +39,36 @@ class OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count(layers: int, rows: int) -> dict[str, collections.Counter[str]]:
+def _talker(layers: int, talker_layers: int) -> Any:
     from server.engines.qwen import compat
-    from server.engines.qwen.batch import PREDICTORS
-    from server.engines.qwen.sampling import Settings
 
     compat.install()
     import qwen_tts  # type: ignore[import-untyped]
 
-    size = dataclasses.replace(qwen_models.SIZES["tiny"], name=f"tiny-{layers}", predictor=qwen_models._transformer(32, 64, layers, 2, 1, 16))
+    tiny = qwen_models.SIZES["tiny"]
+    size = dataclasses.replace(tiny, name=f"tiny-{layers}-{talker_layers}", predictor=qwen_models._transformer(32, 64, layers, 2, 1, 16),
+                               talker={**tiny.talker, "num_hidden_layers": talker_layers})  # fmt: skip
     qwen_models.SIZES[size.name] = size
     _, base = qwen_models.build_models(tempfile.mkdtemp(), size.name, device="cpu")
-    talker = qwen_tts.Qwen3TTSModel.from_pretrained(str(base), dtype=torch.float32).model.talker
+    return qwen_tts.Qwen3TTSModel.from_pretrained(str(base), dtype=torch.float32).model.talker
+
+
+def _counted(fn: Any) -> collections.Counter[str]:
+    with torch.inference_mode():
+        fn()  # first call: lazy set-up stays out of the count
+        counter = OpCount()
+        with counter:
+            fn()
+    return counter.ops
+
+
+def count(layers: int, rows: int, talker_layers: int = 1) -> dict[str, collections.Counter[str]]:
+    """Ops of one predictor frame per predictor kind, and of one talker step (``talker upstream``/``talker fused``)."""
+    from server.engines.qwen import layers as stacks
+    from server.engines.qwen.batch import PREDICTORS
+    from server.engines.qwen.sampling import Settings
+
+    talker = _talker(layers, talker_layers)
     vocab = talker.code_predictor.config.vocab_size
     settings = Settings.allocate(rows, vocab, torch.device("cpu"))
     for row in range(rows):
@@ -57,24 +77,27 @@ def count(layers: int, rows: int) -> dict[str, collections.Counter[str]]:
             torch.empty(rows, talker.config.num_code_groups - 1, vocab).exponential_())  # fmt: skip
     counts = {}
     for name, make in PREDICTORS.items():
-        predictor = make(talker, rows, top_p=False)
-        with torch.inference_mode():
-            predictor(*args)
-            counter = OpCount()
-            with counter:
-                predictor(*args)
-        counts[name] = counter.ops
+        counts[name] = _counted(functools.partial(make(talker, rows, top_p=False), *args))
+    stack = stacks.TalkerStack(talker, rows, 64)
+    x, positions = torch.randn(rows, 1, talker.config.hidden_size), torch.full((rows,), 10)
+    counts["talker fused"] = _counted(lambda: stack.step(x, positions, 16))
+    fused, stacks.fused_norm = stacks.fused_norm, stacks.upstream_norm  # type: ignore[assignment]
+    try:  # the same step through upstream's RMSNorm modules, as before
+        counts["talker upstream"] = _counted(lambda: stack.step(x, positions, 16))
+    finally:
+        stacks.fused_norm = fused  # type: ignore[assignment]
     return counts
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.qwen_ops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=5)
+    p.add_argument("--talker-layers", type=int, default=28)
     p.add_argument("--rows", type=int, default=1)
     args = p.parse_args(argv)
-    counts = count(args.layers, args.rows)
-    print(f"One frame of the code predictor ({args.layers} layers, {args.rows} rows, sampling): ops dispatched")
-    print("\n| predictor | ops | matrix products | the most frequent |\n|---|---:|---:|---|")
+    counts = count(args.layers, args.rows, args.talker_layers)
+    print(f"Ops dispatched: one frame of the code predictor ({args.layers} layers, sampling), one talker step ({args.talker_layers} layers)")
+    print("\n| path | ops | matrix products | the most frequent |\n|---|---:|---:|---|")
     for name, ops in counts.items():
         top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
         print(f"| {name} | {sum(ops.values())} | {ops['linear'] + ops['matmul'] + ops['mm'] + ops['addmm']} | {top} |")

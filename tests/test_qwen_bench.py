@@ -102,12 +102,16 @@ def test_load_mode_reports_every_level(qwen_tiny_models: tuple[Path, Path], tmp_
 
 
 def test_op_count_of_a_frame_folded_against_upstream_modules() -> None:
-    """``bench.qwen_ops``: at the real depth the folded predictor dispatches far fewer ops (a count, not a time)."""
+    """``bench.qwen_ops``: the folded predictor and the talker's fused norms dispatch far fewer ops (a count, not a time)."""
     from bench import qwen_ops
 
-    counts = qwen_ops.count(layers=5, rows=2)
+    counts = qwen_ops.count(layers=5, rows=2, talker_layers=2)
     folded, eager = counts["folded"], counts["eager"]
     # Per frame: 15 passes of 5 layers; eager runs 7 projections a layer and a head per codebook, folded 4 and 1.
     assert eager["linear"] == 15 * 5 * 7 + 15 and folded["linear"] + folded["matmul"] == 15 * 5 * 4 + 15
     assert folded["rms_norm"] == 15 * (5 * 4 + 1) and "pow" not in folded and "rsqrt" not in folded
     assert sum(folded.values()) < 0.6 * sum(eager.values())
+    # The talker step: four norms a layer and the final one, each one fused op; the projections unchanged.
+    fused, upstream = counts["talker fused"], counts["talker upstream"]
+    assert fused["rms_norm"] == 2 * 4 + 1 and "rsqrt" not in fused and upstream["rsqrt"] == 2 * 4 + 1
+    assert fused["linear"] == upstream["linear"] and sum(fused.values()) < sum(upstream.values())

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .layers import kv_shape
+from .layers import fused_norm, kv_shape
 from .sampling import Settings, choose
 
 
@@ -74,11 +74,6 @@ def _normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
     ``F.rms_norm`` is one op where upstream's spelling is five (one fused kernel on CUDA).
     """
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
-
-
-def _head_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
-    """Upstream's per-head RMSNorm (weight times the normalised input, in the input's dtype) in two ops."""
-    return norm.weight * _normalise(x, norm.variance_epsilon)
 
 
 def _layer(layer: Any) -> _Layer:
@@ -174,8 +169,8 @@ class FoldedCodePredictor:
         qkv = F.linear(_normalise(x, w.eps_in), w.qkv, w.qkv_bias)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         shape = (*x.shape[:-1], -1, self.head_dim)
-        q = _head_norm(w.q_norm, q.view(shape)).transpose(1, 2)
-        k = _head_norm(w.k_norm, k.view(shape)).transpose(1, 2)
+        q = fused_norm(w.q_norm, q.view(shape)).transpose(1, 2)
+        k = fused_norm(w.k_norm, k.view(shape)).transpose(1, 2)
         v = v.view(shape).transpose(1, 2)
         # rotate_half(x) * sin == roll(x, D/2) * (sin with its first half negated), exactly: one op, not two.
         q = (q * cos) + (q.roll(self.head_dim // 2, -1) * sin)

@@ -18,6 +18,12 @@ that differ themselves: rotary positions and attention over the caches.
   frame for a whole batch: all rows are at the same position there (the
   sequence restarts every frame), so its cache is a per-frame scratch.
 
+The talker's RMSNorms are spelled as one ``F.rms_norm`` and a multiply
+(``fused_norm``: the same float32 normalisation and the same cast as
+upstream's module, in two ops instead of six; a 28-layer step dispatches ~450
+fewer). ``PredictorStack`` calls upstream's modules unchanged: it is the
+reference the folded predictor (``folded_predictor.py``) is held to.
+
 Rotary tables are computed once by upstream's rotary modules for every
 position: the per-element values are the ones upstream computes per call. The
 talker's rotary embedding is "multimodal" (three position axes), but speech
@@ -36,6 +42,18 @@ import torch.nn.functional as F
 
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(layer index, queries, keys, values) -> attention output (B, heads, T, head_dim)."""
+Norm = Callable[[Any, torch.Tensor], torch.Tensor]
+"""(upstream's RMSNorm module, input) -> its output."""
+
+
+def upstream_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    return norm(x)  # type: ignore[no-any-return]
+
+
+def fused_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    """Upstream's RMSNorm (its weight times the input normalised in float32, back in the input's dtype) as
+    one ``F.rms_norm`` and a multiply, where upstream's spelling is six ops (one fused kernel on CUDA)."""
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -43,20 +61,22 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def decoder_layer(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, index: int, attend: Attend) -> torch.Tensor:
+def decoder_layer(
+    layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, index: int, attend: Attend, norm: Norm = upstream_norm
+) -> torch.Tensor:
     """One upstream decoder layer (talker or predictor) on ``x`` (B, T, H); ``cos``/``sin`` broadcast to (B, 1, T, D)."""
     attn = layer.self_attn
     residual = x
-    h = layer.input_layernorm(x)
+    h = norm(layer.input_layernorm, x)
     shape = (*h.shape[:-1], -1, attn.head_dim)
-    q = attn.q_norm(attn.q_proj(h).view(shape)).transpose(1, 2)
-    k = attn.k_norm(attn.k_proj(h).view(shape)).transpose(1, 2)
+    q = norm(attn.q_norm, attn.q_proj(h).view(shape)).transpose(1, 2)
+    k = norm(attn.k_norm, attn.k_proj(h).view(shape)).transpose(1, 2)
     v = attn.v_proj(h).view(shape).transpose(1, 2)
     q = (q * cos) + (rotate_half(q) * sin)
     k = (k * cos) + (rotate_half(k) * sin)
     out = attend(index, q, k, v).transpose(1, 2).reshape(*h.shape[:-1], -1)
     x = residual + attn.o_proj(out)
-    return x + layer.mlp(layer.post_attention_layernorm(x))
+    return x + layer.mlp(norm(layer.post_attention_layernorm, x))
 
 
 def kv_shape(config: Any) -> tuple[int, int, int]:
@@ -135,8 +155,8 @@ class TalkerStack:
 
     def _run(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
         for index, layer in enumerate(self.layers):
-            x = decoder_layer(layer, x, cos, sin, index, attend)
-        return self.norm(x)
+            x = decoder_layer(layer, x, cos, sin, index, attend, fused_norm)
+        return fused_norm(self.norm, x)
 
 
 class PredictorStack:
