@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> str:
     manager = ModelManager({args.kind: source}, factory, device=device, dtype=dtype, max_rows=args.rows, max_len=2048, max_text=512)
     runtime = factory.build(args.kind, manager.loader(source), args.rows)
     with runtime.context():
-        eager = CodePredictor(runtime.tts.model.talker, args.rows, top_p=runtime.batch.plan.predictor_top_p)
+        eager = CodePredictor(runtime.tts.model.talker, args.rows, top_p=runtime.batch.plan.predictor_top_p, top_k=runtime.batch.plan.predictor_top_k)
         rows = profile(runtime, [int(b) for b in args.batch.split(",")], args.repeats, eager)
     text = table(rows, args.kind, type(runtime.codec).__name__)
     print(text)

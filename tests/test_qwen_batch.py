@@ -267,6 +267,21 @@ def test_batched_sampler_equals_transformers_per_row() -> None:
         assert torch.equal(ours, expected_scores), row
         assert int(tokens[row]) == expected_token, row
     assert int(tokens[0]) != eos and int(tokens[4]) == eos  # banned below min_new_tokens, then allowed
+    # A batch whose plan bounds top-k finds each row's k-th score with a topk of that size: the same scores.
+    bound = max(int(k) for k in settings.top_k)
+    assert torch.equal(warp(scores, settings, top_p=True, top_k=bound), warped)
+    assert torch.equal(choose(scores, settings, noise, top_p=True, top_k=bound), tokens)
+
+
+def test_sampling_plan_bounds_top_k_by_what_its_rows_ask() -> None:
+    plan = SamplingPlan.from_kwargs({"do_sample": True, "top_k": 50, "subtalker_dosample": True, "subtalker_top_k": 50})
+    assert (plan.talker_top_k, plan.predictor_top_k) == (50, 50)
+    assert plan.covers({"do_sample": True, "top_k": 20, "subtalker_dosample": True, "subtalker_top_k": 50})
+    assert plan.covers({"do_sample": False, "top_k": 500, "subtalker_dosample": False})  # greedy rows never warp
+    assert not plan.covers({"do_sample": True, "top_k": 51, "subtalker_dosample": True, "subtalker_top_k": 50})
+    assert not plan.covers({"do_sample": True, "top_k": 0, "subtalker_dosample": True, "subtalker_top_k": 50})  # k off: the whole vocabulary
+    unbounded = SamplingPlan.from_kwargs({"do_sample": True, "top_k": 0, "subtalker_dosample": True})
+    assert unbounded.covers({"do_sample": True, "top_k": 3000, "subtalker_dosample": True, "subtalker_top_k": 7})
 
 
 def test_counter_noise_is_exponential_independent_and_samples_the_distribution() -> None:

@@ -92,7 +92,7 @@ class DecodeBatch:
         self.groups = config.num_code_groups - 1
         self.codec_head = talker.codec_head
         self.stack = TalkerStack(talker, rows, max_len)
-        self.predictor = PREDICTORS[predictor](talker, rows, top_p=plan.predictor_top_p)
+        self.predictor = PREDICTORS[predictor](talker, rows, top_p=plan.predictor_top_p, top_k=plan.predictor_top_k)
         self.predictor_vocab = predictor_vocab = talker.code_predictor.config.vocab_size
         self.batch_buckets = buckets(BATCH_BUCKETS, rows)
         self.key_buckets = buckets(KEY_BUCKETS, max_len)
@@ -265,7 +265,7 @@ class DecodeBatch:
                 self.generators.fill(self.talker_noise, rows.tolist())
                 noise = self.talker_noise[rows]
         scores = penalize(logits, self.seen[rows], self.sampled[rows], self.penalties.rows(rows))
-        token = choose(scores, self.talker_settings.rows(rows), noise, top_p=self.plan.talker_top_p)
+        token = choose(scores, self.talker_settings.rows(rows), noise, top_p=self.plan.talker_top_p, top_k=self.plan.talker_top_k)
         self.last_hidden[rows] = last
         self.last_token[rows] = token
         self.seen[rows, token] = True
@@ -348,7 +348,7 @@ class DecodeBatch:
         logits = self.codec_head(hidden)[:, -1].float()
         scores = penalize(logits, self.seen[rows], self.sampled[rows], self.penalties.rows(rows))
         tnoise = None if self.talker_noise is None else self.talker_noise[rows]
-        token = choose(scores, self.talker_settings.rows(rows), tnoise, top_p=self.plan.talker_top_p)
+        token = choose(scores, self.talker_settings.rows(rows), tnoise, top_p=self.plan.talker_top_p, top_k=self.plan.talker_top_k)
         finished = active & ((token == self.penalties.eos[rows, 0]) | (step + 1 >= self.max_frames[rows]))
         grow = active.long()
         self.position[rows] += grow

@@ -98,11 +98,11 @@ class FoldedCodePredictor:
     """``CodePredictor``'s contract over folded weights: ``(past_hidden, first code) -> (codes 1..15, summed embedding)``."""
 
     @torch.inference_mode()
-    def __init__(self, talker: Any, rows: int, *, top_p: bool) -> None:
+    def __init__(self, talker: Any, rows: int, *, top_p: bool, top_k: int = 0) -> None:
         predictor = talker.code_predictor
         model = predictor.model
         self.groups = talker.config.num_code_groups - 1
-        self.top_p = top_p
+        self.top_p, self.top_k = top_p, top_k
         self.layers = [_layer(layer) for layer in model.layers]
         self.heads, self.kv_heads, self.head_dim = kv_shape(model.config)
         self.scale = model.layers[0].self_attn.scaling
@@ -147,7 +147,7 @@ class FoldedCodePredictor:
         codes = []
         for i in range(self.groups):
             logits = (hidden @ self.head[i].T).float()
-            code = choose(logits, settings, None if noise is None else noise[:, i], top_p=self.top_p)
+            code = choose(logits, settings, None if noise is None else noise[:, i], top_p=self.top_p, top_k=self.top_k)
             codes.append(code)
             parts.append(self.raw[i][code][:, None])
             if i + 1 < self.groups:

@@ -38,14 +38,14 @@ class Predictor(Protocol):
 class CodePredictor:
     """``(past_hidden, first code) -> (codes 1..15, the frame's summed embedding)`` for rows 0..B-1."""
 
-    def __init__(self, talker: Any, rows: int, *, top_p: bool) -> None:
+    def __init__(self, talker: Any, rows: int, *, top_p: bool, top_k: int = 0) -> None:
         predictor = talker.code_predictor
         self.groups = talker.config.num_code_groups - 1
         self.first_embedding = talker.get_input_embeddings()
         self.embeddings = predictor.model.get_input_embeddings()
         self.heads = predictor.lm_head
         self.stack = PredictorStack(predictor, rows, self.groups + 1)
-        self.top_p = top_p
+        self.top_p, self.top_k = top_p, top_k
 
     def scratch(self) -> list[torch.Tensor]:
         """The per-frame caches this predictor preallocated (the batch counts their memory)."""
@@ -61,7 +61,7 @@ class CodePredictor:
         codes = []
         for i in range(self.groups):
             logits = self.heads[i](hidden)[:, -1].float()
-            code = choose(logits, settings, None if noise is None else noise[:, i], top_p=self.top_p)
+            code = choose(logits, settings, None if noise is None else noise[:, i], top_p=self.top_p, top_k=self.top_k)
             codes.append(code)
             parts.append(self.embeddings[i](code[:, None]))
             if i + 1 < self.groups:

@@ -37,22 +37,36 @@ class SamplingPlan:
     predictor_draws: bool
     talker_top_p: bool
     predictor_top_p: bool
+    talker_top_k: int = 0
+    """The largest top-k a sampling row may ask for (a ``torch.topk`` of that size finds each row's
+    k-th score); 0: any, found by a full sort."""
+    predictor_top_k: int = 0
 
     @classmethod
     def from_kwargs(cls, kw: dict[str, Any]) -> SamplingPlan:
         def top_p(sample: Any, p: Any) -> bool:
             return bool(sample) and p is not None and float(p) < 1.0
 
+        def top_k(sample: Any, k: Any) -> int:
+            return max(0, int(k or 0)) if sample else 0
+
         return cls(
             talker_draws=bool(kw.get("do_sample")),
             predictor_draws=bool(kw.get("subtalker_dosample")),
             talker_top_p=top_p(kw.get("do_sample"), kw.get("top_p")),
             predictor_top_p=top_p(kw.get("subtalker_dosample"), kw.get("subtalker_top_p")),
+            talker_top_k=top_k(kw.get("do_sample"), kw.get("top_k")),
+            predictor_top_k=top_k(kw.get("subtalker_dosample"), kw.get("subtalker_top_k")),
         )
 
     def covers(self, kw: dict[str, Any]) -> bool:
         other = SamplingPlan.from_kwargs(kw)
-        return all(not getattr(other, k) or getattr(self, k) for k in ("talker_draws", "predictor_draws", "talker_top_p", "predictor_top_p"))
+        flags = all(not getattr(other, k) or getattr(self, k) for k in ("talker_draws", "predictor_draws", "talker_top_p", "predictor_top_p"))
+        return flags and all(
+            not draws or not mine or 0 < theirs <= mine
+            for draws, mine, theirs in ((other.talker_draws, self.talker_top_k, other.talker_top_k),
+                                        (other.predictor_draws, self.predictor_top_k, other.predictor_top_k))
+        )  # fmt: skip
 
 
 @dataclass
@@ -144,15 +158,23 @@ def penalize(scores: torch.Tensor, seen: torch.Tensor, sampled: torch.Tensor, p:
     return scores.masked_fill(ban_eos | p.suppress, _NEG_INF)
 
 
-def warp(scores: torch.Tensor, s: Settings, *, top_p: bool) -> torch.Tensor:
+def warp(scores: torch.Tensor, s: Settings, *, top_p: bool, top_k: int = 0) -> torch.Tensor:
     """transformers' Temperature, TopK and TopP warpers in generate's order, per row.
 
     ``top_p`` False leaves the top-p pass out (a sort and a softmax): the batch
-    knows from its settings whether any row can use it.
+    knows from its settings whether any row can use it. ``top_k`` > 0 bounds
+    every row's k: the k-th score comes from a ``torch.topk`` of that size
+    instead of a sort of the whole vocabulary (the same values, 10x cheaper for
+    k = 50 of 2048 on a CPU).
     """
     scores = scores / s.temperature
-    ordered = torch.sort(scores, dim=-1, descending=True).values
-    kth = ordered.gather(-1, s.top_k - 1)
+    if 0 < top_k < scores.shape[-1]:
+        ordered = torch.topk(scores, top_k, dim=-1).values
+    else:
+        ordered = torch.sort(scores, dim=-1, descending=True).values
+    # The clamp only ever touches padding rows (their settings are the defaults, k = V): admission
+    # holds every stream's k within the bound (``SamplingPlan.covers``).
+    kth = ordered.gather(-1, (s.top_k - 1).clamp(max=ordered.shape[-1] - 1))
     scores = scores.masked_fill(scores < kth, _NEG_INF)
     if top_p:
         ascending, order = torch.sort(scores, dim=-1, descending=False)
@@ -162,7 +184,7 @@ def warp(scores: torch.Tensor, s: Settings, *, top_p: bool) -> torch.Tensor:
     return scores
 
 
-def choose(scores: torch.Tensor, s: Settings, noise: torch.Tensor | None, *, top_p: bool) -> torch.Tensor:
+def choose(scores: torch.Tensor, s: Settings, noise: torch.Tensor | None, *, top_p: bool, top_k: int = 0) -> torch.Tensor:
     """The next token per row (B,): argmax for greedy rows, the exponential race for the others.
 
     ``scores`` are float32 after the processors; ``noise`` (B, V) holds Exp(1)
@@ -171,6 +193,6 @@ def choose(scores: torch.Tensor, s: Settings, noise: torch.Tensor | None, *, top
     best = scores.argmax(dim=-1)
     if noise is None:
         return best
-    probs = warp(scores, s, top_p=top_p).softmax(dim=-1)
+    probs = warp(scores, s, top_p=top_p, top_k=top_k).softmax(dim=-1)
     drawn = (probs / noise).argmax(dim=-1)
     return torch.where(s.greedy, best, drawn)
