@@ -4,7 +4,7 @@
 #   here, once:  bash bench/gpu/run_qwen.sh --fetch-wheels        # pip download into .whl/ (git-ignored, never committed)
 #   device:      run(command="bash bench/gpu/run_qwen.sh", carry=[".whl"], timeout_s=540)
 #                (OUT is the device's $OUT; its files come back: env.txt, pytest.log, load.json, results.md, run.log)
-#   here, dry:   bash bench/gpu/run_qwen.sh --dry-run [DIR]        # every step on CPU with the tiny models
+#   here, dry:   PYTHON=.venv/bin/python bash bench/gpu/run_qwen.sh --dry-run [DIR]   # every step on CPU, tiny models
 #
 # Steps, each under its own time limit, in order of what matters if time runs out:
 #   1. install the carried wheels (bench/gpu/qwen-wheels.txt) into /tmp/site;
@@ -76,7 +76,8 @@ install_wheels() {  # every pinned wheel must be there; the dry run checks that 
   uname -m; nproc
 } > "$OUT/env.txt"
 
-step install 90 install_wheels
+export -f install_wheels; export MODE WHEELS  # timeout runs programs, not shell functions
+step install 90 bash -c install_wheels
 [ "$MODE" = gpu ] && export PYTHONPATH=/tmp/site:$PWD || export PYTHONPATH=$PWD
 $PY - >> "$OUT/env.txt" 2>&1 <<'EOF'
 import importlib, torch
