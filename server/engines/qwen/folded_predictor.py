@@ -1,7 +1,7 @@
 """The code predictor with its weights folded: fewer, larger kernels per codebook, the same codes.
 
 ``CodePredictor`` calls upstream's modules one by one: per layer an RMSNorm
-(five kernels), three projections, two per-head norms, rotary, attention, the
+(six kernels), three projections, two per-head norms, rotary, attention, the
 output projection, a second RMSNorm, gate and up projections and the down
 projection; per codebook an embedding, the input projection of the whole
 sequence, the final norm and a head. A frame runs that 15 times, which is
@@ -18,8 +18,8 @@ folds into one weight, once, at construction:
 * the 15 heads into one stacked weight.
 
 And two spellings that issue fewer ops for the same values: every RMSNorm as
-one ``F.rms_norm`` (upstream's spelling is five ops: pow, mean, add, rsqrt,
-mul), and rotary as ``roll`` times a sine whose first half is negated (exactly
+one ``F.rms_norm`` (upstream's spelling is six ops: pow, mean, add, rsqrt and
+two multiplies), and rotary as ``roll`` times a sine whose first half is negated (exactly
 ``rotate_half(x) * sin``, without the negation and the concatenation). At the
 real depth (5 layers) a frame dispatches 2,105 ops instead of 3,890, and
 matrix products 315 instead of 540 (``bench/RESULTS.md``).
@@ -47,7 +47,7 @@ from .sampling import Settings, choose
 
 
 @dataclass
-class _Layer:
+class FoldedLayer:
     """One predictor layer's folded weights."""
 
     qkv: torch.Tensor  # (q + k + v, H): input norm folded in
@@ -71,15 +71,15 @@ def _fold(weight: torch.Tensor, norm: Any) -> torch.Tensor:
 def _normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
     """An RMSNorm without its weight, in upstream's precision (float32, back to the input's dtype).
 
-    ``F.rms_norm`` is one op where upstream's spelling is five (one fused kernel on CUDA).
+    ``F.rms_norm`` is one op where upstream's spelling is five without the weight (one fused kernel on CUDA).
     """
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
-def _layer(layer: Any) -> _Layer:
+def _fold_layer(layer: Any) -> FoldedLayer:
     attn, mlp = layer.self_attn, layer.mlp
     biases = [p.bias for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
-    return _Layer(
+    return FoldedLayer(
         qkv=_fold(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), layer.input_layernorm),
         qkv_bias=None if biases[0] is None else torch.cat(biases),
         q_norm=attn.q_norm,
@@ -103,7 +103,7 @@ class FoldedCodePredictor:
         model = predictor.model
         self.groups = talker.config.num_code_groups - 1
         self.top_p, self.top_k = top_p, top_k
-        self.layers = [_layer(layer) for layer in model.layers]
+        self.layers = [_fold_layer(layer) for layer in model.layers]
         self.heads, self.kv_heads, self.head_dim = kv_shape(model.config)
         self.scale = model.layers[0].self_attn.scaling
         self.eps_final = model.norm.variance_epsilon
@@ -161,10 +161,10 @@ class FoldedCodePredictor:
         end = start + length
         cos, sin = self.cos[start:end].view(1, 1, length, -1), self.sin[start:end].view(1, 1, length, -1)
         for index, layer in enumerate(self.layers):
-            x = self._layer(index, layer, x, cos, sin, start, end, batch)
+            x = self._decoder_layer(index, layer, x, cos, sin, start, end, batch)
         return _normalise(x[:, -1], self.eps_final)
 
-    def _layer(self, index: int, w: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def _decoder_layer(self, index: int, w: FoldedLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                start: int, end: int, batch: int) -> torch.Tensor:  # fmt: skip
         qkv = F.linear(_normalise(x, w.eps_in), w.qkv, w.qkv_bias)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
