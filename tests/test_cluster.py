@@ -105,10 +105,13 @@ def fronts(all_fronts: list[LiveServer]) -> tuple[LiveServer, LiveServer]:
     return all_fronts[0], all_fronts[1]
 
 
-def replicas(front: LiveServer) -> list[dict[str, Any]]:
+def engine_health(front: LiveServer) -> dict[str, Any]:
     with front.http() as http:
-        engine = http.get("/healthz").json()["engine"]
-    return list(engine["replicas"])
+        return dict(http.get("/healthz").json()["engine"])
+
+
+def replicas(front: LiveServer) -> list[dict[str, Any]]:
+    return list(engine_health(front)["replicas"])
 
 
 async def wait_for(condition: Any, what: str, front: LiveServer, timeout: float = 30.0) -> Any:
@@ -201,8 +204,10 @@ async def test_replica_killed_mid_stream(fronts: tuple[LiveServer, LiveServer]) 
             assert_speech(speech.pcm(), 24000, "The session lives on.")
 
     def replaced() -> bool:
-        now = replicas(front_b)
-        return len(now) == 2 and serving[0]["pid"] not in {r["pid"] for r in now}
+        # A new replica reports from its constructor, before Serve counts it as running: wait for both.
+        engine = engine_health(front_b)
+        now = engine["replicas"]
+        return engine["replicas_running"] == 2 and len(now) == 2 and serving[0]["pid"] not in {r["pid"] for r in now}
 
     await wait_for(replaced, "Serve to replace the killed replica", front_b, timeout=120)
     async with await front_b.client() as client:
