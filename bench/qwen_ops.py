@@ -78,14 +78,9 @@ def count(layers: int, rows: int, talker_layers: int = 1) -> dict[str, collectio
     counts = {}
     for name, make in PREDICTORS.items():
         counts[name] = _counted(functools.partial(make(talker, rows, top_p=False), *args))
-    stack = stacks.TalkerStack(talker, rows, 64)
     x, positions = torch.randn(rows, 1, talker.config.hidden_size), torch.full((rows,), 10)
-    counts["talker fused"] = _counted(lambda: stack.step(x, positions, 16))
-    fused, stacks.fused_norm = stacks.fused_norm, stacks.upstream_norm  # type: ignore[assignment]
-    try:  # the same step through upstream's RMSNorm modules, as before
-        counts["talker upstream"] = _counted(lambda: stack.step(x, positions, 16))
-    finally:
-        stacks.fused_norm = fused  # type: ignore[assignment]
+    for name, norm in (("talker fused", stacks.fused_norm), ("talker upstream", stacks.upstream_norm)):
+        counts[name] = _counted(functools.partial(stacks.TalkerStack(talker, rows, 64, norm).step, x, positions, 16))
     return counts
 
 

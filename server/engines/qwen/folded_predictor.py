@@ -21,7 +21,7 @@ And two spellings that issue fewer ops for the same values: every RMSNorm as
 one ``F.rms_norm`` (upstream's spelling is six ops: pow, mean, add, rsqrt and
 two multiplies), and rotary as ``roll`` times a sine whose first half is negated (exactly
 ``rotate_half(x) * sin``, without the negation and the concatenation). At the
-real depth (5 layers) a frame dispatches 2,105 ops instead of 3,890, and
+real depth (5 layers) a frame dispatches 2,120 ops instead of 3,905, and
 matrix products 315 instead of 540 (``bench/RESULTS.md``).
 
 What stays as upstream computes it: the per-head query and key norms' weights
@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .layers import fused_norm, kv_shape
+from .layers import fused_norm, kv_shape, normalise
 from .sampling import Settings, choose
 
 
@@ -66,14 +66,6 @@ class FoldedLayer:
 def _fold(weight: torch.Tensor, norm: Any) -> torch.Tensor:
     """``W diag(w)``: a linear map that reads an RMSNorm's output, with the norm's weight inside."""
     return weight * norm.weight[None, :].to(weight.dtype)
-
-
-def _normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """An RMSNorm without its weight, in upstream's precision (float32, back to the input's dtype).
-
-    ``F.rms_norm`` is one op where upstream's spelling is five without the weight (one fused kernel on CUDA).
-    """
-    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 def _fold_layer(layer: Any) -> FoldedLayer:
@@ -162,11 +154,11 @@ class FoldedCodePredictor:
         cos, sin = self.cos[start:end].view(1, 1, length, -1), self.sin[start:end].view(1, 1, length, -1)
         for index, layer in enumerate(self.layers):
             x = self._decoder_layer(index, layer, x, cos, sin, start, end, batch)
-        return _normalise(x[:, -1], self.eps_final)
+        return normalise(x[:, -1], self.eps_final)
 
     def _decoder_layer(self, index: int, w: FoldedLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                start: int, end: int, batch: int) -> torch.Tensor:  # fmt: skip
-        qkv = F.linear(_normalise(x, w.eps_in), w.qkv, w.qkv_bias)
+        qkv = F.linear(normalise(x, w.eps_in), w.qkv, w.qkv_bias)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         shape = (*x.shape[:-1], -1, self.head_dim)
         q = fused_norm(w.q_norm, q.view(shape)).transpose(1, 2)
@@ -182,5 +174,5 @@ class FoldedCodePredictor:
             q, keys[:, :, :end], values[:, :, :end], is_causal=end - start > 1, scale=self.scale, enable_gqa=True
         )
         x = x + F.linear(out.transpose(1, 2).reshape(*x.shape[:-1], -1), w.out, w.out_bias)
-        gate, up = F.linear(_normalise(x, w.eps_post), w.gate_up).chunk(2, dim=-1)
+        gate, up = F.linear(normalise(x, w.eps_post), w.gate_up).chunk(2, dim=-1)
         return x + F.linear(w.act(gate) * up, w.down)

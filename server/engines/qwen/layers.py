@@ -50,13 +50,18 @@ def upstream_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
     return norm(x)  # type: ignore[no-any-return]
 
 
+def normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """An RMSNorm without its weight, in upstream's precision (float32, back in the input's dtype): one
+    ``F.rms_norm`` (one fused kernel on CUDA), where upstream's spelling is five ops."""
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
 def fused_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
-    """Upstream's RMSNorm (its weight times the input normalised in float32, back in the input's dtype) as
-    one ``F.rms_norm`` and a multiply, where upstream's spelling is six ops (one fused kernel on CUDA)."""
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+    """Upstream's RMSNorm module (its weight times the normalised input) in two ops instead of six."""
+    return norm.weight * normalise(x, norm.variance_epsilon)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
@@ -72,8 +77,8 @@ def decoder_layer(
     q = norm(attn.q_norm, attn.q_proj(h).view(shape)).transpose(1, 2)
     k = norm(attn.k_norm, attn.k_proj(h).view(shape)).transpose(1, 2)
     v = attn.v_proj(h).view(shape).transpose(1, 2)
-    q = (q * cos) + (rotate_half(q) * sin)
-    k = (k * cos) + (rotate_half(k) * sin)
+    q = (q * cos) + (_rotate_half(q) * sin)
+    k = (k * cos) + (_rotate_half(k) * sin)
     out = attend(index, q, k, v).transpose(1, 2).reshape(*h.shape[:-1], -1)
     x = residual + attn.o_proj(out)
     return x + layer.mlp(norm(layer.post_attention_layernorm, x))
@@ -89,12 +94,14 @@ def kv_shape(config: Any) -> tuple[int, int, int]:
 class TalkerStack:
     """The talker's layers over a per-row KV pool."""
 
-    def __init__(self, talker: Any, rows: int, max_len: int) -> None:
+    def __init__(self, talker: Any, rows: int, max_len: int, norm: Norm = fused_norm) -> None:
         model = talker.model
         weight = talker.codec_head.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.layers = list(model.layers)
         self.norm = model.norm
+        self.spell_norm = norm
+        """How the RMSNorms run: ``fused_norm`` (the server's), or ``upstream_norm`` (the modules as they are)."""
         self.heads, self.kv_heads, self.head_dim = kv_shape(talker.config)
         self.scale = self.layers[0].self_attn.scaling
         self.max_len = max_len
@@ -155,8 +162,8 @@ class TalkerStack:
 
     def _run(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
         for index, layer in enumerate(self.layers):
-            x = decoder_layer(layer, x, cos, sin, index, attend, fused_norm)
-        return fused_norm(self.norm, x)
+            x = decoder_layer(layer, x, cos, sin, index, attend, self.spell_norm)
+        return self.spell_norm(self.norm, x)
 
 
 class PredictorStack:

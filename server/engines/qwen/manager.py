@@ -163,8 +163,9 @@ class ModelManager:
 
     def start(self) -> None:
         """Decide the memory plan, then load what it keeps resident from the start (both, or Base)."""
-        weights = {kind: estimate_bytes(source, self.dtype) + folded_bytes(talker_config(source), self.dtype) for kind, source in self.sources.items()}
-        per_row = {kind: row_bytes(talker_config(source), self.dtype, self.max_len, self.max_text) for kind, source in self.sources.items()}
+        configs = {kind: talker_config(source) for kind, source in self.sources.items()}
+        weights = {kind: estimate_bytes(source, self.dtype) + folded_bytes(configs[kind], self.dtype) for kind, source in self.sources.items()}
+        per_row = {kind: row_bytes(configs[kind], self.dtype, self.max_len, self.max_text) for kind in self.sources}
         self.budget = self._memory_figure()
         reserve = _GPU_RESERVE if self.configured_budget is None and self.device.startswith("cuda") else 0
         self.mode, rows = plan_memory(weights, per_row, self.budget, reserve=reserve, max_rows=self.max_rows)
