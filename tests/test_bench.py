@@ -6,7 +6,10 @@ invariants, never how fast anything is.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,13 +26,37 @@ from tests.conftest import ROOT, LiveServer
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def run_module(module: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` in its own session; it must succeed and leave nothing running in that session.
+
+    A session catches what the run leaves behind even after its parent has gone (orphans keep the
+    session id), and nothing else: this worker's other children (a shared PostgreSQL forks backends
+    and autovacuum workers whenever it likes) are not in it.
+    """
+    process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, stdout + stderr
+    assert not in_session(process.pid), f"{module} left processes running: {in_session(process.pid)}"
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def in_session(session: int) -> list[int]:
+    left = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):  # gone, or not ours to ask
+            if os.getsid(proc.pid) == session and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc.pid)
+    return left
+
+
 def run_bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-    result = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    # It leaves nothing running behind it.
-    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
-    return result
+    return run_module("bench", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +192,12 @@ def test_webrtc_run_writes_well_formed_figures(server_factory: Any, tmp_path: Pa
     assert {s["voice"] for lv in doc["levels"] for s in lv["samples"]} == {"design", "clone"}
     with live.http() as http:  # the temporary cloned voice is gone again
         assert not [v for v in http.get("/v1/voices").json()["voices"] if v["name"] == "bench (temporary)"]
+
+
+def test_server_start_times_a_cold_and_a_warm_start(tmp_path: Path) -> None:
+    out = tmp_path / "start.json"
+    result = run_module("bench.server_start", "--runs", "2", "--out", str(out), timeout=120)  # every server it started has exited
+    assert "first (empty model cache)" in result.stdout and "later (median of 1)" in result.stdout
+    doc = json.loads(out.read_text())
+    assert len(doc["starts"]) == 2 and doc["warm_median"] == doc["starts"][1]
+    assert all(s["ready_s"] > 0 and s["stop_s"] > 0 for s in doc["starts"])

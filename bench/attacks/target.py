@@ -38,6 +38,8 @@ class ServerSpec:
     token: str | None = None
     args: tuple[str, ...] = ()
     log_level: str = "warning"
+    env: dict[str, str] = field(default_factory=dict)
+    """Added to the server's environment."""
 
 
 @dataclass
@@ -92,11 +94,11 @@ class Target:
             command += ["--token", self.spec.token]
         return command
 
-    def start(self, timeout: float = 180) -> Target:
-        """Start the process and wait until ``/healthz`` answers 200 (blocking: run it on a thread)."""
+    def start(self, timeout: float = 180, poll: float = 0.2) -> Target:
+        """Start the process and wait until ``/healthz`` answers 200, asking every ``poll`` s (blocking: run it on a thread)."""
         for folder in (self.data_dir, self.tmp_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp_dir)}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp_dir), **self.spec.env}
         env.pop("PYTHONPATH", None)  # the tree's own code, nothing else's
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), cwd=self.tree, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -106,7 +108,7 @@ class Target:
                 raise RuntimeError(f"server from {self.tree} exited with {self.process.returncode}:\n{self.log()[-4000:]}")
             if self._healthy():
                 return self
-            time.sleep(0.2)
+            time.sleep(poll)
         self.kill()
         raise RuntimeError(f"server from {self.tree} did not become ready in {timeout:.0f} s:\n{self.log()[-4000:]}")
 
