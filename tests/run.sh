@@ -47,7 +47,6 @@ fi
 
 .venv/bin/python -m ruff check server client bench tests
 .venv/bin/python -m mypy
-# Two workers, a test file each at a time (module fixtures stay whole; one Ray cluster at a time):
-# most end-to-end tests wait on a server, a browser or a codec, so a second file fills that time.
-# MINESTREAM_TEST_WORKERS=0 runs in one process.
-exec .venv/bin/python -m pytest -n "${MINESTREAM_TEST_WORKERS:-2}" --dist loadfile "$@"
+# Two workers, a test file each at a time (module fixtures stay whole; one Ray cluster at a time),
+# the longest files first (tests/conftest.py). MINESTREAM_TEST_WORKERS=0 runs in one process.
+exec .venv/bin/python -m pytest -n "${MINESTREAM_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

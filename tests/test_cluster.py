@@ -8,6 +8,7 @@ with two running replicas, as they found them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -33,6 +34,9 @@ LONG_TEXT = (
     "along the road that winds between the fields and beyond the wood where the old owl sleeps "
     "and then back again by evening so that it takes a good long while to speak."
 )
+# An utterance of many pieces, so that a replica the front sees serving it (a report reaches a front
+# up to ~1 s late) is still serving it.
+KILL_TEXT = " and then ".join([LONG_TEXT.rstrip(".")] * 4) + "."
 
 
 @dataclass
@@ -183,33 +187,47 @@ async def test_cancel_reaches_the_replica(fronts: tuple[LiveServer, LiveServer])
     assert_speech(after.pcm(), 24000, "Still speaking after the cancel.")
 
 
+def replaced(front: LiveServer, killed: int) -> bool:
+    """Serve runs two replicas again, and neither is ``killed``."""
+    # A new replica reports from its constructor, before Serve counts it as running: wait for both.
+    engine = engine_health(front)
+    now = engine["replicas"]
+    return engine["replicas_running"] == 2 and len(now) == 2 and killed not in {r["pid"] for r in now}
+
+
 async def test_replica_killed_mid_stream(fronts: tuple[LiveServer, LiveServer]) -> None:
     front_a, front_b = fronts
-    # Nothing else running (in this front's view too), so the replica that reports a stream next serves this one.
-    await wait_for(lambda: sum(r["active"] for r in replicas(front_a)) == 0, "the replicas to be idle", front_a)
     async with await front_a.client() as client:
-        speech = await client.speak(LONG_TEXT, design="a calm narrator")
-        async for _ in speech:
-            break  # audio: the replica is mid-stream
-        serving = await wait_for(lambda: [r for r in replicas(front_a) if r["active"] > 0], "the serving replica to report", front_a)
-        os.kill(serving[0]["pid"], signal.SIGKILL)
-        with pytest.raises(ServerError) as ended:
-            await speech.collect()
-        assert ended.value.code == "engine_error" and "died mid-stream" in ended.value.message
-        assert speech.done is not None and speech.done["cancelled"]
+        # The front sends the replica an utterance piece by piece. A kill that lands between two pieces, or
+        # in a piece that has sent no audio yet, is retried on the other replica and the utterance ends
+        # well, which is right too. So a few tries (each waits for Serve to replace the replica); one must
+        # land mid-piece, and that one must end the utterance with a clear error.
+        for _ in range(3):
+            # Nothing else running (in this front's view too), so the replica that reports a stream next serves this one.
+            await wait_for(lambda: sum(r["active"] for r in replicas(front_a)) == 0, "the replicas to be idle", front_a)
+            speech = await client.speak(KILL_TEXT, design="a calm narrator")
+            async for _ in speech:
+                break  # audio: the replica is mid-stream
+            serving = await wait_for(lambda: [r for r in replicas(front_a) if r["active"] > 0], "the serving replica to report", front_a)
+            killed = serving[0]["pid"]
+            os.kill(killed, signal.SIGKILL)
+            try:
+                await speech.collect()
+            except ServerError as ended:
+                assert ended.code == "engine_error" and "died mid-stream" in ended.message
+                assert speech.done is not None and speech.done["cancelled"]
+                break
+            assert speech.done is not None and not speech.done["cancelled"]  # retried elsewhere, whole
+            await wait_for(functools.partial(replaced, front_b, killed), "Serve to replace the killed replica", front_b, timeout=120)
+        else:
+            raise AssertionError("three kills and none landed in a piece that had sent audio")
         # The session lives on; these reach the replica left (a request routed to the dead one before the
         # router knows is retried there, since it had sent no audio).
         after = await asyncio.gather(*(client.say("The session lives on.", design="a calm narrator") for _ in range(3)))
         for speech in after:
             assert_speech(speech.pcm(), 24000, "The session lives on.")
 
-    def replaced() -> bool:
-        # A new replica reports from its constructor, before Serve counts it as running: wait for both.
-        engine = engine_health(front_b)
-        now = engine["replicas"]
-        return engine["replicas_running"] == 2 and len(now) == 2 and serving[0]["pid"] not in {r["pid"] for r in now}
-
-    await wait_for(replaced, "Serve to replace the killed replica", front_b, timeout=120)
+    await wait_for(functools.partial(replaced, front_b, killed), "Serve to replace the killed replica", front_b, timeout=120)
     async with await front_b.client() as client:
         assert client.ready["engine"]["replicas_running"] == 2
         spoken = await asyncio.gather(*(client.say("The cluster recovered.", design="a bright voice") for _ in range(2)))
