@@ -70,6 +70,7 @@ def http_protocol(first_request_s: float) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol with two more rules for hostile clients.
 
     * A connection that sends no request within ``first_request_s`` is closed.
+    * At shutdown an idle keep-alive connection is dropped, not closed politely.
     * A response that ends while its request's body is still coming (a body
       refused mid-stream, ``server.bodies``) drops the connection at once: a
       TLS close waits for the peer's close_notify and keeps reading meanwhile,
@@ -89,6 +90,15 @@ def http_protocol(first_request_s: float) -> type[asyncio.Protocol]:
                 # The response has been written; on the next turn of the loop drop the rest unread.
                 self.loop.call_soon(self.transport.abort)
             super().on_response_complete()
+
+        def shutdown(self) -> None:
+            cycle = getattr(self, "cycle", None)
+            if cycle is None or cycle.response_complete:
+                # Idle keep-alive: a TLS close would wait for a close_notify that a pooled client
+                # which is not reading never sends, holding the stop for timeout_graceful_shutdown.
+                self.transport.abort()
+            else:
+                super().shutdown()  # mid-request: the response finishes, then the connection closes
 
     return GuardedHTTP
 
