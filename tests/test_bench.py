@@ -62,7 +62,7 @@ def run_bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
 @pytest.fixture(scope="module")
 def wss_run(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench-wss")
-    run_bench("--preset", "quick", "--levels", "1,2", "--duration", "3", "--warmup", "0.3", "--grace", "15",
+    run_bench("--preset", "quick", "--levels", "1,2", "--duration", "1.5", "--min-count", "1", "--warmup", "0.3", "--grace", "15",
               "--url", server.ws_url, "--ca", str(server.ca_file), "--out", str(out), "--quiet")
     return out
 
@@ -181,7 +181,7 @@ def test_webrtc_run_writes_well_formed_figures(server_factory: Any, tmp_path: Pa
     out = tmp_path / "bench-webrtc"
     # Saturation and short sentences: the track plays at real speed, so utterances must end inside a few seconds.
     run_bench("--transport", "webrtc", "--preset", "quick", "--levels", "1,2", "--model", "saturation", "--sentences", "short",
-              "--duration", "3.5", "--warmup", "0.3", "--grace", "10", "--url", live.ws_url, "--ca", str(live.ca_file),
+              "--duration", "2", "--min-count", "1", "--warmup", "0.3", "--grace", "10", "--url", live.ws_url, "--ca", str(live.ca_file),
               "--out", str(out), "--quiet", "--no-plots")
     doc = json.loads((out / "bench.json").read_text())
     assert doc["config"]["transport"] == "webrtc" and [lv["level"] for lv in doc["levels"]] == [1, 2]
