@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(browser.browser_tests_skipped(), reason="MINESTR
 
 LAST = "window.minestream.utterances.at(-1)"
 READY = "window.minestream && window.minestream.conn.state === 'ready'"
-TEXT = "Opus on the socket, in a tenth of the bytes."  # short: each speak plays out in real time
+TEXT = "Opus on the socket: the same speech in a tenth of the bytes."
+SHORT = "First audio, heard."  # where only the start is measured: each speak plays out in real time
 DESIGN = "A calm, clear voice."
 RUNS = int(os.environ.get("MINESTREAM_PAGE_RUNS", "1"))
 """Tries per format: one in the suite (the figure is a by-product), more for a median."""
@@ -116,7 +117,7 @@ def test_time_to_first_audible_sample_pcm_and_opus(page: Any, shots_dir: Path) -
     for _ in range(RUNS):
         for fmt in heard:
             use_format(page, fmt)
-            fig = speak(page)["fig"]
+            fig = speak(page, SHORT)["fig"]
             heard[fmt].append(round(fig["ttfaHeard"]))
             playback[fmt].append(round(fig["ttfaHeard"] - fig["firstChunk"], 1))
 
