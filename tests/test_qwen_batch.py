@@ -92,9 +92,10 @@ def _prompt(tts: Any, method: str, kwargs: dict[str, Any], sampling: dict[str, A
     return capture_prompt(tts, method, **kwargs, **sampling_kwargs(tts, {**sampling, "max_new_tokens": 200}))
 
 
-def _batch(tts: Any, sampling: dict[str, Any], rows: int, noise: str = "counter", predictor: str = "folded") -> DecodeBatch:
+def _batch(tts: Any, sampling: dict[str, Any], rows: int, noise: str = "counter", predictor: str = "folded", graphs: bool = GRAPHS,
+           **options: Any) -> DecodeBatch:  # fmt: skip
     plan = SamplingPlan.from_kwargs(sampling_kwargs(tts, sampling))
-    batch = DecodeBatch(tts, plan, rows=rows, max_len=256, graphs=GRAPHS, noise=noise, predictor=predictor)
+    batch = DecodeBatch(tts, plan, rows=rows, max_len=256, graphs=graphs, noise=noise, predictor=predictor, **options)
     batch.capture()
     return batch
 
@@ -185,6 +186,30 @@ def test_seeded_rows_do_not_depend_on_their_company(upstream: tuple[Any, Any], c
     np.testing.assert_array_equal(crowd["twin"], alone)  # the same seed on another row, at another time
     other_seed = run([(0, "a", "medium", 8)], 1)["a"]
     assert not np.array_equal(other_seed, alone)
+
+
+@pytest.mark.parametrize("model,sampling", [("design", {**SAMPLED, "top_p": 0.9}), ("base", GREEDY)])
+def test_prefill_at_graph_shapes_equals_the_eager_prefill(upstream: tuple[Any, Any], cases: dict[str, Case], model: str, sampling: dict[str, Any]) -> None:
+    """With graphs, admission pads its prompts to a captured (prompts, positions) shape, repeating the first prompt
+    into its own row to fill the count; the codes are the eager prefill's, and a prefill too large for every
+    shape runs eagerly. On a CPU the padded shapes run eagerly; on a GPU they are replays."""
+    names = ("short", "medium", "long", "other") if model == "design" else ("xvec", "icl", "icl-long", "xvec")
+    tts = upstream[0] if model == "design" else upstream[1]
+    prompts = [_prompt(tts, cases[name][1], cases[name][2], sampling) for name in names]
+    # three arrive together (padded to four prompts), one later alone
+    schedule = [(0 if i < 3 else 3, f"s{i}", Admission(p, 6 + i, seed=20 + i)) for i, p in enumerate(prompts)]
+    eager = _drive(_batch(tts, sampling, rows=4, graphs=False), schedule)
+    padded_batch = _batch(tts, sampling, rows=4, graphs=True)
+    longest = max(p.length for p in prompts[:3])
+    assert padded_batch.prefill_shape(3, longest) == (4, next(t for t in (32, 64, 128, 256) if t >= longest))
+    padded = _drive(padded_batch, schedule)
+    assert len(padded_batch._prefill_replays) == 2  # both admissions went through a padded shape
+    small_batch = _batch(tts, sampling, rows=4, graphs=True, prefill_graph_positions=128)
+    assert small_batch.prefill_shape(3, longest) is None  # four prompts of 64 or more: eager
+    mixed = _drive(small_batch, schedule)
+    for name in eager:
+        np.testing.assert_array_equal(padded[name], eager[name], err_msg=f"{name}: padded vs eager prefill")
+        np.testing.assert_array_equal(mixed[name], eager[name], err_msg=f"{name}: eager fallback")
 
 
 @pytest.mark.parametrize("model", ["design", "base"])

@@ -20,8 +20,11 @@ bucket) (``graphs.py``) and ends with one device-to-host copy of every row's
 new frame and done flag.
 
 ``admit`` prefills new rows: their prompts right-padded into one batched
-forward pass, their first tokens sampled with the same sampler. It runs
-between steps, eagerly, for as many prompts as the scheduler's budget lets in.
+forward pass, their first tokens sampled with the same sampler, for as many
+prompts as the scheduler's budget lets in, between steps. With graphs the
+prompts are padded to a captured (admission bucket, length bucket) shape and
+the prefill is one replay too (``graphs.py``); a prefill larger than every
+captured shape runs eagerly.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import torch
 
 from ...errors import EngineError
 from .folded_predictor import FoldedCodePredictor
-from .graphs import BATCH_BUCKETS, KEY_BUCKETS, Replay, bucket, buckets
+from .graphs import BATCH_BUCKETS, KEY_BUCKETS, PREFILL_GRAPH_POSITIONS, PREFILL_LENGTH_BUCKETS, Replay, bucket, buckets
 from .layers import TalkerStack
 from .noise import CounterNoise, GeneratorNoise
 from .predictor import CodePredictor, Predictor
@@ -76,6 +79,7 @@ class DecodeBatch:
         graphs: bool = True,
         noise: str = "counter",
         predictor: str = "folded",
+        prefill_graph_positions: int = PREFILL_GRAPH_POSITIONS,
     ) -> None:
         if noise not in ("counter", "generator"):
             raise ValueError(f"noise must be counter or generator, not {noise!r}")
@@ -88,6 +92,8 @@ class DecodeBatch:
         self.rows, self.max_len, self.max_text = rows, max_len, max_text
         self.plan = plan
         self.graphs = graphs and self.device.type == "cuda"
+        self.padded_prefill = graphs
+        """Prefill at the graphs' padded shapes: replayed on a GPU, run eagerly on a CPU (what the tests check)."""
         self.vocab = config.vocab_size
         self.groups = config.num_code_groups - 1
         self.codec_head = talker.codec_head
@@ -127,6 +133,16 @@ class DecodeBatch:
         self._free = list(range(rows))
         self._length: dict[int, int] = {}  # active row -> its next write position (a host mirror)
         self._replays: dict[tuple[int, int], Replay] = {}
+        lengths = buckets(PREFILL_LENGTH_BUCKETS, max_len)
+        self.prefill_shapes = [(n, t) for n in self.batch_buckets for t in lengths if n * t <= prefill_graph_positions] if graphs else []
+        """(prompts, positions) shapes the prefill is padded to and captured at; none: always eager, unpadded."""
+        largest = max((n * t for n, t in self.prefill_shapes), default=0)
+        most = max((n for n, _ in self.prefill_shapes), default=0)
+        self._prefill_x = torch.zeros(largest * hidden, dtype=self.dtype, **on)  # viewed as (n, t, H) per shape
+        self._prefill_rows = torch.zeros(most, dtype=torch.long, **on)
+        self._prefill_lengths = torch.ones(most, dtype=torch.long, **on)
+        self._prefill_token = torch.zeros(most, dtype=torch.long, **on)
+        self._prefill_replays: dict[tuple[int, int], Replay] = {}
         self._pool: Any = None
         self._captured = 0
         self.steps = 0
@@ -145,7 +161,7 @@ class DecodeBatch:
 
     @property
     def graph_count(self) -> int:
-        """Step graphs captured (0 without graphs); read from any thread."""
+        """Step and prefill graphs captured (0 without graphs); read from any thread."""
         return self._captured
 
     def active_rows(self) -> list[int]:
@@ -157,6 +173,7 @@ class DecodeBatch:
                    *vars(self.predictor_settings).values(), *vars(self.penalties).values()]  # fmt: skip
         tensors += [t for t in (self.talker_noise, self.predictor_noise) if t is not None]
         tensors += self.predictor.scratch()
+        tensors += [self._prefill_x, self._prefill_rows, self._prefill_lengths, self._prefill_token]
         return self.stack.bytes() + sum(t.numel() * t.element_size() for t in tensors)
 
     def release(self, row: int) -> None:
@@ -206,9 +223,8 @@ class DecodeBatch:
         try:
             for row, a in zip(rows, admissions, strict=True):
                 self._assign(row, a)
-            index = torch.tensor(rows, device=self.device)
-            token = self._prefill(index, [a.prompt for a in admissions])
-            done = (token == self.penalties.eos[index, 0]).cpu().tolist()
+            token = self._prefill(rows, [a.prompt for a in admissions])
+            done = (token == self.penalties.eos[rows, 0]).cpu().tolist()  # the one sync of an admission
         except BaseException:
             for row in rows:
                 self.active[row] = False
@@ -249,20 +265,67 @@ class DecodeBatch:
         if self.generators is not None:
             self.generators.seed(row, a.seed, self.device)
 
-    def _prefill(self, rows: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
+    def _prefill(self, rows: list[int], prompts: list[Prompt]) -> torch.Tensor:
+        """Prefill ``prompts`` into ``rows``: one replay at a padded shape when one holds them, else eagerly."""
+        if self.generators is not None and self.talker_noise is not None:
+            self.generators.fill(self.talker_noise, rows)  # host-side draws, outside any graph
+        shape = self.prefill_shape(len(prompts), max(p.length for p in prompts))
+        if shape is None:
+            return self.prefill_eager(rows, prompts)
+        count, length = shape
+        x = self._prefill_x[: count * length * self.last_hidden.shape[-1]].view(count, length, -1)
+        x.zero_()
+        for i, p in enumerate(prompts):
+            x[i, : p.length] = p.inputs_embeds[0]
+        x[len(prompts) :] = x[0]  # the padding entries repeat the first prompt into its own row
+        n = len(prompts)
+        self._prefill_rows[:n] = torch.tensor(rows)
+        self._prefill_rows[n:count] = rows[0]
+        self._prefill_lengths[:n] = torch.tensor([p.length for p in prompts])
+        self._prefill_lengths[n:count] = prompts[0].length
+        self._prefill_replay(count, length)()
+        return self._prefill_token[:n].clone()
+
+    def prefill_shape(self, prompts: int, longest: int) -> tuple[int, int] | None:
+        """The captured (prompts, positions) shape a prefill of ``prompts`` up to ``longest`` long pads to; None: eager."""
+        fits = [(n, t) for n, t in self.prefill_shapes if n >= prompts and t >= longest]
+        return min(fits, key=lambda s: s[0] * s[1]) if fits else None
+
+    def prefill_eager(self, rows: list[int], prompts: list[Prompt]) -> torch.Tensor:
+        """The prefill op by op, each prompt padded only to the longest of them."""
+        index = torch.tensor(rows, device=self.device)
         lengths = torch.tensor([p.length for p in prompts], device=self.device)
-        x = torch.nn.utils.rnn.pad_sequence([p.inputs_embeds[0] for p in prompts], batch_first=True)
-        hidden = self.stack.prefill(x.to(self.dtype), rows)
+        x = torch.nn.utils.rnn.pad_sequence([p.inputs_embeds[0] for p in prompts], batch_first=True).to(self.dtype)
+        token = torch.zeros(len(prompts), dtype=torch.long, device=self.device)
+        self._prefill_rows_at(index, lengths, x, token)
+        return token
+
+    def _prefill_replay(self, count: int, length: int) -> Replay:
+        replay = self._prefill_replays.get((count, length))
+        if replay is None:
+            hidden = self.last_hidden.shape[-1]
+
+            def run() -> None:
+                x = self._prefill_x[: count * length * hidden].view(count, length, hidden)
+                self._prefill_rows_at(self._prefill_rows[:count], self._prefill_lengths[:count], x, self._prefill_token[:count])
+
+            replay = Replay(run, self.device, graphs=self.graphs, pool=self._pool)
+            self._prefill_replays[(count, length)] = replay
+            self._captured += replay.graph is not None
+        return replay
+
+    def _prefill_rows_at(self, rows: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor, token_out: torch.Tensor) -> None:
+        """Prompts ``x`` (N, T, H) of ``lengths`` into ``rows``; their first tokens into ``token_out``. No host work:
+        this is what a prefill graph captures (a row listed twice gets the same values twice)."""
+        hidden = self.stack.prefill(x, rows)
         logits = self.codec_head(hidden)  # every position, as upstream does; the last real one is used
-        pick = torch.arange(len(prompts), device=self.device)
+        pick = torch.arange(x.shape[0], device=self.device)
         last, logits = hidden[pick, lengths - 1][:, None], logits[pick, lengths - 1].float()
         noise = None
         if self.talker_noise is not None:
             if self.counter is not None:
                 noise = self.counter.talker(self.seed[rows], torch.zeros_like(rows), self.vocab)
             else:
-                assert self.generators is not None
-                self.generators.fill(self.talker_noise, rows.tolist())
                 noise = self.talker_noise[rows]
         scores = penalize(logits, self.seen[rows], self.sampled[rows], self.penalties.rows(rows))
         token = choose(scores, self.talker_settings.rows(rows), noise, top_p=self.plan.talker_top_p, top_k=self.plan.talker_top_k)
@@ -272,15 +335,16 @@ class DecodeBatch:
         self.sampled[rows] = 1
         self.done[rows] = token == self.penalties.eos[rows, 0]
         self.active[rows] = True
-        return token
+        token_out.copy_(token)
 
     # -- the step ------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Capture every (batch bucket, key bucket) step as a CUDA graph now (no-op without graphs).
+        """Capture every (batch bucket, key bucket) step and every prefill shape as CUDA graphs now (no-op without graphs).
 
-        Call it while no row is active: a padding-only step changes no row's state.
+        Call it while no row is active: a padding-only step changes no row's
+        state, and the prefills' warm-ups only touch rows that admission resets.
         """
         if not self.graphs:
             return
@@ -290,6 +354,9 @@ class DecodeBatch:
         for rows in self.batch_buckets:
             for keys in self.key_buckets:
                 self._replay(rows, keys)
+        for count, length in self.prefill_shapes:  # their warm-up runs prefill row 0 with zeros
+            self._prefill_replay(count, length)
+        self.active.zero_()
 
     def _replay(self, rows: int, keys: int) -> Replay:
         replay = self._replays.get((rows, keys))

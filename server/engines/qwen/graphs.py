@@ -7,8 +7,14 @@ replay. A graph has fixed shapes and addresses, so the batch captures one per
 shape it can meet: the number of rows stepped, rounded up to a bucket (1, 2,
 4, ... 64), times the number of cached positions attended to, rounded up to a
 key bucket (256, 512, 1024, 2048): short streams do not read a full row's
-cache. On a CPU the very same function runs eagerly, which is how the tests
-check it against upstream without a GPU.
+cache. Admission's prefill is captured the same way, per (admission bucket,
+prompt-length bucket): the round's prompts are right-padded to the next
+length bucket (32, 64, ... 1024) and their count to the next batch bucket (the
+extra entries repeat the first prompt into its own row, writing the same
+values twice), up to ``PREFILL_GRAPH_POSITIONS`` padded positions; a larger
+prefill is compute-bound anyway and runs eagerly. On a CPU the very same
+functions run eagerly, which is how the tests check them against upstream
+without a GPU.
 
 Every graph of a batch shares one memory pool: graphs run one at a time and
 keep nothing between replays (their results go to the batch's own tensors).
@@ -24,6 +30,9 @@ import torch
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 KEY_BUCKETS = (256, 512, 1024, 2048)
+PREFILL_LENGTH_BUCKETS = (32, 64, 128, 256, 512, 1024)
+PREFILL_GRAPH_POSITIONS = 4096
+"""Padded positions (prompts x length bucket) of the largest prefill graph: one typical burst of arrivals."""
 
 
 def buckets(sizes: tuple[int, ...], limit: int) -> tuple[int, ...]:
