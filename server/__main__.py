@@ -18,7 +18,7 @@ from typing import Any
 
 from .auth import load_or_create_token
 from .config import Limits, Settings, is_loopback
-from .runner import configure_logging, serve
+from .runner import configure_logging, exit_after_shutdown, serve
 from .tls import ensure_certificates, machine_names
 
 log = logging.getLogger("minestream")
@@ -225,3 +225,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    exit_after_shutdown()

@@ -21,9 +21,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import re
 import signal
 import socket
+import sys
 import time
 from types import FrameType
 from typing import Any
@@ -156,6 +158,21 @@ def return_freed_memory() -> None:
         libc.mallopt(m_trim_threshold, 1024 * 1024)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def exit_after_shutdown() -> None:
+    """End the process at once after a clean stop: logs flushed, the interpreter's teardown skipped.
+
+    Everything the server opened is closed by then (the lifespan's stack); what
+    is left is freeing the objects of a few hundred modules, which took 0.35 s
+    of a 0.6 s Ctrl-C and frees nothing the OS does not. Only ``python -m
+    server`` calls it, never code that imports ``serve``.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def serve(settings: Settings, cert: str | None, key: str | None, log_level: str) -> None:

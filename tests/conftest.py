@@ -153,6 +153,19 @@ def server(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterato
     live.stop()
 
 
+GUARDED_TOKEN = "guarded-s3cret"
+
+
+@pytest.fixture(scope="session")
+def guarded_server(tmp_path_factory: pytest.TempPathFactory, certs_dir: Path) -> Iterator[LiveServer]:
+    """A second server for the run, one that needs a token (``GUARDED_TOKEN``) and offers loopback ICE candidates
+    only; tests must leave it as they found it (its library empty)."""
+    args = ("--engine", "preview", "--ice-host", "127.0.0.1")
+    live = LiveServer(tmp_path_factory.mktemp("guarded") / "data", certs_dir, args, token=GUARDED_TOKEN).start()
+    yield live
+    live.stop()
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path, certs_dir: Path) -> Iterator[Callable[..., LiveServer]]:
     """Start private servers: ``server_factory("--max-text-chars", "50", token="t")``."""

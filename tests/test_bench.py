@@ -175,14 +175,14 @@ def test_percentiles() -> None:
     assert stats.percentiles([None, None]) == {"p50": None, "p95": None, "p99": None}
 
 
-def test_webrtc_run_writes_well_formed_figures(server_factory: Any, tmp_path: Path) -> None:
+def test_webrtc_run_writes_well_formed_figures(guarded_server: LiveServer, tmp_path: Path) -> None:
     pytest.importorskip("aiortc")
-    live = server_factory("--ice-host", "127.0.0.1")
+    live = guarded_server  # it offers loopback ICE candidates only
     out = tmp_path / "bench-webrtc"
     # Saturation and short sentences: the track plays at real speed, so utterances must end inside a few seconds.
     run_bench("--transport", "webrtc", "--preset", "quick", "--levels", "1,2", "--model", "saturation", "--sentences", "short",
               "--duration", "2", "--min-count", "1", "--warmup", "0.3", "--grace", "10", "--url", live.ws_url, "--ca", str(live.ca_file),
-              "--out", str(out), "--quiet", "--no-plots")
+              "--token", str(live.token), "--out", str(out), "--quiet", "--no-plots")
     doc = json.loads((out / "bench.json").read_text())
     assert doc["config"]["transport"] == "webrtc" and [lv["level"] for lv in doc["levels"]] == [1, 2]
     assert "first non-silent frame" in doc["engine"]["transport_note"]
@@ -190,7 +190,7 @@ def test_webrtc_run_writes_well_formed_figures(server_factory: Any, tmp_path: Pa
         check_level(level)
         assert [s["ttfa_ms"] for s in level["samples"] if s.get("measured") and s.get("ttfa_ms")]
     assert {s["voice"] for lv in doc["levels"] for s in lv["samples"]} == {"design", "clone"}
-    with live.http() as http:  # the temporary cloned voice is gone again
+    with live.http(headers={"Authorization": f"Bearer {live.token}"}) as http:  # the temporary cloned voice is gone again
         assert not [v for v in http.get("/v1/voices").json()["voices"] if v["name"] == "bench (temporary)"]
 
 

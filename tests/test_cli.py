@@ -163,18 +163,18 @@ def test_certificate_that_does_not_verify(server: LiveServer, tmp_path: Path) ->
     assert insecure.returncode == Exit.OK, insecure.stderr
 
 
-def test_missing_or_wrong_token(server_factory: Any, tmp_path: Path) -> None:
-    live = server_factory(token="s3cret")
+def test_missing_or_wrong_token(guarded_server: LiveServer, tmp_path: Path) -> None:
+    live = guarded_server
     for command in (("say", "hi", "-o", "x.wav"), ("voices",)):
         for token in ((), ("--token", "wrong")):
             result = against(live, *token, *command, cwd=tmp_path)
             assert result.returncode == Exit.UNAUTHORIZED, result.stderr
             assert "unauthorized" in one_clean_line(result) and "--token-file" in result.stderr.decode()
-    (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "token").write_text(f"{live.token}\n")
     assert against(live, "--token-file", str(tmp_path / "token"), "voices", cwd=tmp_path).returncode == Exit.OK
-    assert against(live, "voices", cwd=tmp_path, env={"MINESTREAM_TOKEN": "s3cret"}).returncode == Exit.OK
+    assert against(live, "voices", cwd=tmp_path, env={"MINESTREAM_TOKEN": str(live.token)}).returncode == Exit.OK
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "token").write_text("s3cret\n")  # where a server on this machine keeps it
+    (tmp_path / "data" / "token").write_text(f"{live.token}\n")  # where a server on this machine keeps it
     assert against(live, "voices", "--json", cwd=tmp_path).returncode == Exit.OK
 
 

@@ -170,8 +170,8 @@ async def test_an_error_before_ready_fails_connect(server: LiveServer) -> None:
     assert caught.value.code == "bad_message" and "sample_rate" in caught.value.message
 
 
-async def test_missing_token_is_unauthorized_on_the_socket_and_over_http(server_factory: Any) -> None:
-    live = server_factory(token="s3cret")
+async def test_missing_token_is_unauthorized_on_the_socket_and_over_http(guarded_server: LiveServer) -> None:
+    live = guarded_server
     with pytest.raises(Unauthorized) as caught:
         await bounded(Client.connect(live.ws_url, ca=live.ca_file))
     assert caught.value.fatal
@@ -179,7 +179,7 @@ async def test_missing_token_is_unauthorized_on_the_socket_and_over_http(server_
         with pytest.raises(Unauthorized) as http_caught:
             await library.list()
     assert http_caught.value.status == 401
-    async with Client.connect(live.ws_url, ca=live.ca_file, token="s3cret") as client:
+    async with Client.connect(live.ws_url, ca=live.ca_file, token=live.token) as client:
         assert await client.voices.list() == []
 
 

@@ -85,8 +85,8 @@ async def test_too_large_is_fatal_with_1009_and_spares_other_sessions(server_fac
         await still_works(bystander)
 
 
-async def test_token_required_when_set(server_factory: Any) -> None:
-    live = server_factory(token="s3cret")
+async def test_token_required_when_set(guarded_server: LiveServer) -> None:
+    live = guarded_server
     with pytest.raises(ServerError) as caught:
         await Client.connect(live.ws_url, ssl=live.ssl_context())
     assert caught.value.code == "unauthorized" and caught.value.fatal
@@ -96,14 +96,14 @@ async def test_token_required_when_set(server_factory: Any) -> None:
         with pytest.raises(ConnectionClosed):
             await ws.recv()
         assert ws.close_code == 1008
-    async with await Client.connect(live.ws_url + "?token=s3cret", ssl=live.ssl_context(), token=None) as client:
+    async with await Client.connect(f"{live.ws_url}?token={live.token}", ssl=live.ssl_context(), token=None) as client:
         await still_works(client)
     async with await live.client() as client:  # token in hello
         assert client.ready["protocol"] == 1
     with live.http() as http:
         assert http.get("/v1/voices").status_code == 401
-        assert http.get("/v1/voices", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        assert http.get("/v1/voices?token=s3cret").status_code == 200
+        assert http.get("/v1/voices", headers={"Authorization": f"Bearer {live.token}"}).status_code == 200
+        assert http.get(f"/v1/voices?token={live.token}").status_code == 200
         assert http.get("/ca.pem").status_code == 200
 
 

@@ -78,8 +78,8 @@ async def test_a_client_that_never_reads_is_closed_and_memory_stays_bounded(serv
     assert rss_mb(live) - before < 100, f"RSS grew from {before:.0f} to {rss_mb(live):.0f} MB"
 
 
-async def test_junk_before_hello_on_a_token_server_is_cut_off(server_factory: Any) -> None:
-    live = server_factory(token=TOKEN)
+async def test_junk_before_hello_on_a_token_server_is_cut_off(guarded_server: LiveServer) -> None:
+    live = guarded_server
     before = rss_mb(live)
     async with connect(live.ws_url, ssl=live.ssl_context(), compression=None) as ws:
         with contextlib.suppress(ConnectionClosed):

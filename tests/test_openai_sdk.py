@@ -141,8 +141,8 @@ def test_refusals_are_typed_sdk_errors_with_the_servers_code(
     assert caught.value.type == "invalid_request_error" and caught.value.body["message"]  # type: ignore[index]
 
 
-def test_a_token_server_takes_the_api_key_as_its_token(server_factory: Any) -> None:
-    live = server_factory(token="sdk-token")
+def test_a_token_server_takes_the_api_key_as_its_token(guarded_server: LiveServer) -> None:
+    live = guarded_server
     with sync_client(live) as sdk:
         assert sdk.audio.speech.create(model="tts-1", voice="alloy", input="Hello.", response_format="wav").content[:4] == b"RIFF"
     wrong = openai.OpenAI(

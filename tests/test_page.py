@@ -330,11 +330,10 @@ def test_save_designed_voice_to_library(page, server):
         server.http().delete(f"/v1/voices/{voice['id']}")
 
 
-def test_token_prompt_when_the_server_needs_one(server_factory, shots):
+def test_token_prompt_when_the_server_needs_one(guarded_server, shots):
     """No token: the page asks for one, keeps it, and connects; ?token= in the URL is taken and hidden."""
-    live = server_factory(token="page-secret")
-    # A browser of its own, closed before the server stops: a browser still
-    # holding keep-alive TLS connections makes the server's shutdown wait.
+    live, token = guarded_server, guarded_server.token
+    # A browser of its own (a fresh profile: no token kept from another test).
     with browser.launch_chromium(None) as context:
         page = context.new_page()
         page.goto(live.base_url + "/")
@@ -342,14 +341,14 @@ def test_token_prompt_when_the_server_needs_one(server_factory, shots):
         assert page.get_attribute("#conn", "data-state") == "unauthorized"
         assert page.evaluate("document.activeElement.id") == "token-input"
         page.screenshot(path=shots / "08-token-prompt.png", full_page=True)
-        page.fill("#token-input", "page-secret")
+        page.fill("#token-input", token)
         page.keyboard.press("Enter")
         page.wait_for_function(READY, timeout=15000)
         assert page.is_hidden("#token-form")
-        assert page.evaluate("localStorage.getItem('minestream.token')") == "page-secret"
+        assert page.evaluate("localStorage.getItem('minestream.token')") == token
 
         page.evaluate("localStorage.clear()")
-        page.goto(live.base_url + "/?token=page-secret")
+        page.goto(live.base_url + f"/?token={token}")
         page.wait_for_function(READY, timeout=15000)
         assert "token" not in page.url
-        assert page.evaluate("localStorage.getItem('minestream.token')") == "page-secret"
+        assert page.evaluate("localStorage.getItem('minestream.token')") == token

@@ -30,11 +30,12 @@ from typing import Any
 
 import browser
 import pytest
+from conftest import GUARDED_TOKEN
 
 pytestmark = pytest.mark.skipif(browser.browser_tests_skipped(), reason="MINESTREAM_SKIP_BROWSER=1")
 pytest.importorskip("aiortc")
 
-TOKEN = "rtc-page-token"
+TOKEN = GUARDED_TOKEN  # the shared guarded server's: it offers loopback candidates only
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LOOPBACK = ("--allow-loopback-in-peer-connection",)
 LAST = "window.minestream.utterances.at(-1)"
@@ -79,8 +80,8 @@ def speak(page, text: str, *, peak: str, errors: list[str], timeout: float = 300
     return {"fig": page.evaluate(f"{LAST}.fig"), "id": page.evaluate(f"{LAST}.id"), "peaks": peaks}
 
 
-def test_page_switches_to_webrtc_records_speaks_and_stops(server_factory, tmp_path: Path) -> None:
-    live = server_factory("--ice-host", "127.0.0.1", token=TOKEN)
+def test_page_switches_to_webrtc_records_speaks_and_stops(guarded_server, tmp_path: Path) -> None:
+    live = guarded_server
     shots = shots_dir(tmp_path)
     mic = browser.mic_wav(
         tmp_path / "mic.wav",

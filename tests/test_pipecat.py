@@ -12,7 +12,6 @@ import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -191,9 +190,9 @@ async def test_a_saved_voice_is_selectable_and_an_unknown_one_is_an_error_not_a_
     assert done[0].cancelled and not recorder.audio()
 
 
-async def test_a_server_that_needs_a_token_gets_it_from_the_service(server_factory: Any) -> None:
-    guarded = server_factory(token="pipecat-s3cret")
-    tts, done = service(guarded, token="pipecat-s3cret")
+async def test_a_server_that_needs_a_token_gets_it_from_the_service(guarded_server: LiveServer) -> None:
+    guarded = guarded_server
+    tts, done = service(guarded, token=guarded.token)
     async with running(tts) as (worker, recorder):
         await worker.queue_frame(TTSSpeakFrame("With the token."))
         await until(lambda: len(done) == 1, "the utterance's done")
