@@ -30,6 +30,7 @@ captured shape runs eagerly.
 from __future__ import annotations
 
 import heapq
+import logging
 import secrets
 import time
 from collections import defaultdict, deque
@@ -51,6 +52,7 @@ from .sampling import Penalties, SamplingPlan, Settings, choose, penalize
 
 DEFAULT_MAX_LEN = 2048  # prompt + frames per row: 1.7B keeps ~235 MB of bf16 keys and values per row
 DEFAULT_MAX_TEXT = 512  # trailing text positions per row
+logger = logging.getLogger("minestream.qwen")
 PREDICTORS: dict[str, Callable[..., Predictor]] = {"folded": FoldedCodePredictor, "eager": CodePredictor}
 """The code predictor's two forms: folded weights (the server's), upstream's modules one by one (the reference)."""
 
@@ -354,9 +356,15 @@ class DecodeBatch:
         for rows in self.batch_buckets:
             for keys in self.key_buckets:
                 self._replay(rows, keys)
-        for count, length in self.prefill_shapes:  # their warm-up runs prefill row 0 with zeros
-            self._prefill_replay(count, length)
-        self.active.zero_()
+        try:
+            for count, length in self.prefill_shapes:  # their warm-up runs prefill row 0 with zeros
+                self._prefill_replay(count, length)
+        except Exception:  # the step graphs stand; admission prefills eagerly, as it does beyond every shape
+            logger.exception("prefill graph capture failed; prefill runs eagerly")
+            self._captured -= sum(r.graph is not None for r in self._prefill_replays.values())
+            self.prefill_shapes, self._prefill_replays = [], {}
+        finally:
+            self.active.zero_()
 
     def _replay(self, rows: int, keys: int) -> Replay:
         replay = self._replays.get((rows, keys))
