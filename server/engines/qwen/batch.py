@@ -94,8 +94,6 @@ class DecodeBatch:
         self.rows, self.max_len, self.max_text = rows, max_len, max_text
         self.plan = plan
         self.graphs = graphs and self.device.type == "cuda"
-        self.padded_prefill = graphs
-        """Prefill at the graphs' padded shapes: replayed on a GPU, run eagerly on a CPU (what the tests check)."""
         self.vocab = config.vocab_size
         self.groups = config.num_code_groups - 1
         self.codec_head = talker.codec_head
@@ -137,7 +135,8 @@ class DecodeBatch:
         self._replays: dict[tuple[int, int], Replay] = {}
         lengths = buckets(PREFILL_LENGTH_BUCKETS, max_len)
         self.prefill_shapes = [(n, t) for n in self.batch_buckets for t in lengths if n * t <= prefill_graph_positions] if graphs else []
-        """(prompts, positions) shapes the prefill is padded to and captured at; none: always eager, unpadded."""
+        """(prompts, positions) shapes the prefill is padded to: captured on a GPU, run eagerly on a CPU (what the
+        tests check); none without graphs: always eager, unpadded."""
         largest = max((n * t for n, t in self.prefill_shapes), default=0)
         most = max((n for n, _ in self.prefill_shapes), default=0)
         self._prefill_x = torch.zeros(largest * hidden, dtype=self.dtype, **on)  # viewed as (n, t, H) per shape
