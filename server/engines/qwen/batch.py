@@ -274,12 +274,12 @@ class DecodeBatch:
         if shape is None:
             return self.prefill_eager(rows, prompts)
         count, length = shape
-        x = self._prefill_x[: count * length * self.last_hidden.shape[-1]].view(count, length, -1)
+        n = len(prompts)
+        x = self._prefill_input(count, length)
         x.zero_()
         for i, p in enumerate(prompts):
             x[i, : p.length] = p.inputs_embeds[0]
-        x[len(prompts) :] = x[0]  # the padding entries repeat the first prompt into its own row
-        n = len(prompts)
+        x[n:] = x[0]  # the padding entries repeat the first prompt into its own row
         self._prefill_rows[:n] = torch.tensor(rows)
         self._prefill_rows[n:count] = rows[0]
         self._prefill_lengths[:n] = torch.tensor([p.length for p in prompts])
@@ -302,18 +302,15 @@ class DecodeBatch:
         return token
 
     def _prefill_replay(self, count: int, length: int) -> Replay:
-        replay = self._prefill_replays.get((count, length))
-        if replay is None:
-            hidden = self.last_hidden.shape[-1]
+        def run() -> None:
+            x = self._prefill_input(count, length)
+            self._prefill_rows_at(self._prefill_rows[:count], self._prefill_lengths[:count], x, self._prefill_token[:count])
 
-            def run() -> None:
-                x = self._prefill_x[: count * length * hidden].view(count, length, hidden)
-                self._prefill_rows_at(self._prefill_rows[:count], self._prefill_lengths[:count], x, self._prefill_token[:count])
+        return self._replay_of(self._prefill_replays, (count, length), run)
 
-            replay = Replay(run, self.device, graphs=self.graphs, pool=self._pool)
-            self._prefill_replays[(count, length)] = replay
-            self._captured += replay.graph is not None
-        return replay
+    def _prefill_input(self, count: int, length: int) -> torch.Tensor:
+        """The fixed input buffer as (count, length, H): the same storage for every shape."""
+        return self._prefill_x[: count * length * self.last_hidden.shape[-1]].view(count, length, -1)
 
     def _prefill_rows_at(self, rows: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor, token_out: torch.Tensor) -> None:
         """Prompts ``x`` (N, T, H) of ``lengths`` into ``rows``; their first tokens into ``token_out``. No host work:
@@ -366,10 +363,14 @@ class DecodeBatch:
             self.active.zero_()
 
     def _replay(self, rows: int, keys: int) -> Replay:
-        replay = self._replays.get((rows, keys))
+        return self._replay_of(self._replays, (rows, keys), lambda: self._step(rows, keys))
+
+    def _replay_of(self, replays: dict[tuple[int, int], Replay], shape: tuple[int, int], fn: Callable[[], None]) -> Replay:
+        """``replays[shape]``, made from ``fn`` (and captured, with graphs) the first time it is asked for."""
+        replay = replays.get(shape)
         if replay is None:
-            replay = Replay(lambda: self._step(rows, keys), self.device, graphs=self.graphs, pool=self._pool)
-            self._replays[(rows, keys)] = replay
+            replay = Replay(fn, self.device, graphs=self.graphs, pool=self._pool)
+            replays[shape] = replay
             self._captured += replay.graph is not None
         return replay
 
