@@ -14,6 +14,7 @@ In conftest::
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -33,10 +34,23 @@ def build_tiny_models(root: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def qwen_tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(design_dir, base_dir) built once per test session (or from $QWEN_TINY_DIR)."""
+    """(design_dir, base_dir) built once per test run (or from $QWEN_TINY_DIR).
+
+    Under xdist every worker has its own base temp under one shared parent; the
+    first worker to ask builds the models there, holding a lock the others wait
+    on, and they reuse what it built (``build_models`` returns a complete build).
+    """
     cached = os.environ.get("QWEN_TINY_DIR")
-    root = Path(cached) if cached else tmp_path_factory.mktemp("qwen-tiny")
-    return build_tiny_models(root)
+    if cached:
+        return build_tiny_models(cached)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    root = shared / "qwen-tiny"
+    root.mkdir(exist_ok=True)
+    with open(shared / "qwen-tiny.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build_tiny_models(root)
 
 
 def upstream_generate(tts: Any, method: str, **kwargs: Any) -> tuple[Any, Any]:

@@ -47,6 +47,10 @@ fi
 
 .venv/bin/python -m ruff check server client bench tests
 .venv/bin/python -m mypy
+# The suite starts some fifty Python processes (servers, Ray replicas, the CLI) on the project's
+# modules. Where PYTHONDONTWRITEBYTECODE is set (CI machines often set it), each of them compiles
+# those modules again; with it unset they are compiled once, into __pycache__/ (ignored by git).
+unset PYTHONDONTWRITEBYTECODE
 # Two workers, a test file each at a time (module fixtures stay whole; one Ray cluster at a time),
 # the longest files first (tests/conftest.py). MINESTREAM_TEST_WORKERS=0 runs in one process.
 exec .venv/bin/python -m pytest -n "${MINESTREAM_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
