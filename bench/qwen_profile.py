@@ -12,6 +12,9 @@ batch size B with every row active:
 * eager predictor: the same loop through upstream's modules (``CodePredictor``,
   the reference), and the share of its codes the folded predictor matches on
   the same inputs and draws (1.0 in float32; bf16 rounds the folded weights);
+* compiled predictor (``--compiled``): the folded loop under ``torch.compile``
+  (``CompiledCodePredictor``), captured alone, and the share of its codes that
+  match the folded predictor's;
 * talker: one talker step over the KV pool (and the codec head), captured alone;
 * other: step - predictor - talker (the talker's sampling and the row updates);
 * prefill: B prompts admitted together, as admission runs them (one replay
@@ -66,7 +69,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], None], int], float]:
 
 
 @torch.inference_mode()
-def profile(runtime: Any, sizes: list[int], repeats: int, eager: Any = None) -> list[dict[str, Any]]:
+def profile(runtime: Any, sizes: list[int], repeats: int, eager: Any = None, compiled: Any = None) -> list[dict[str, Any]]:
     batch, codec = runtime.batch, runtime.codec
     prompt = runtime.prompts.build(_voice(runtime.kind), TEXT, "english")
     time_ms = _timer(batch.device)
@@ -85,12 +88,19 @@ def profile(runtime: Any, sizes: list[int], repeats: int, eager: Any = None) -> 
         figures = {"batch": size, "keys": keys, "step_ms": time_ms(step, repeats), "predictor_ms": time_ms(predictor, repeats)}
         if eager is not None:
             figures["eager_predictor_ms"] = time_ms(Replay(_predictor_call(batch, size, eager), batch.device, graphs=batch.graphs), repeats)
+        if compiled is not None:
+            try:
+                figures["compiled_predictor_ms"] = time_ms(Replay(_predictor_call(batch, size, compiled), batch.device, graphs=batch.graphs), repeats)
+            except Exception as exc:  # the rest of the profile still counts: say why, time the others
+                print(f"profile: the compiled predictor failed at batch {size}: {type(exc).__name__}: {exc}", flush=True)
+                compiled = None
         figures["talker_ms"] = time_ms(talker, repeats)
         figures["other_ms"] = figures["step_ms"] - figures["predictor_ms"] - figures["talker_ms"]
         figures["prefill_ms"], figures["eager_prefill_ms"] = prefill_ms, eager_prefill_ms
         figures["codec_ms"] = _codec_ms(codec, size, batch.device)
-        if eager is not None:
-            figures["agreement"] = _agreement(batch, size, eager)  # last: it steps the rows on
+        others = {name: p for name, p in (("agreement", eager), ("compiled_agreement", compiled)) if p is not None}
+        if others:  # last: it steps the rows on
+            figures.update(zip(others, _agreement(batch, size, list(others.values())), strict=True))
         rows_out.append({k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()})
         print("profile", rows_out[-1], flush=True)
         for row in rows:
@@ -126,16 +136,17 @@ def _predictor_call(batch: Any, size: int, predictor: Any = None) -> Callable[[]
     return run
 
 
-def _agreement(batch: Any, size: int, eager: Any, frames: int = 8) -> float:
-    """The share of codebook codes the batch's predictor and ``eager`` agree on, over a few steps' inputs."""
-    rows, same, total = slice(0, size), 0, 0
+def _agreement(batch: Any, size: int, others: list[Any], frames: int = 8) -> list[float]:
+    """The share of codebook codes on which each of ``others`` agrees with the batch's predictor, over a few steps' inputs."""
+    rows, same, total = slice(0, size), [0] * len(others), 0
     for _ in range(frames):
         noise = None if batch.predictor_noise is None else batch.predictor_noise[rows]
         args = (batch.last_hidden[rows], batch.last_token[rows], batch.predictor_settings.rows(rows), noise)
-        ours, theirs = batch.predictor(*args)[0], eager(*args)[0]
-        same, total = same + int((ours == theirs).sum()), total + ours.numel()
+        ours = batch.predictor(*args)[0]
+        same = [n + int((ours == other(*args)[0]).sum()) for n, other in zip(same, others, strict=True)]
+        total += ours.numel()
         batch.step()  # new hidden states and tokens (and, with counter noise, new draws) for the next comparison
-    return same / total
+    return [n / total for n in same]
 
 
 def _talker_call(batch: Any, size: int, keys: int) -> Callable[[], None]:
@@ -167,13 +178,15 @@ def table(rows: list[dict[str, Any]], kind: str, codec: str) -> str:
     lines = [
         f"One {kind} decode step by batch size (ms; every row active; codec {codec}):",
         "",
-        "| batch | keys | step | predictor (folded) | eager predictor | codes agree | talker | other | prefill (B prompts) | eager prefill | codec (B x 12 frames) | step ms / row |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | keys | step | predictor (folded) | eager predictor | codes agree | compiled predictor | codes agree (compiled) "
+        "| talker | other | prefill (B prompts) | eager prefill | codec (B x 12 frames) | step ms / row |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         eager = f"{r['eager_predictor_ms']:.2f} | {r['agreement']:.4f}" if "agreement" in r else "- | -"
+        compiled = f"{r['compiled_predictor_ms']:.2f} | {r['compiled_agreement']:.4f}" if "compiled_agreement" in r else "- | -"
         lines.append(
-            f"| {r['batch']} | {r['keys']} | {r['step_ms']:.2f} | {r['predictor_ms']:.2f} | {eager} | {r['talker_ms']:.2f} | {r['other_ms']:.2f} "
+            f"| {r['batch']} | {r['keys']} | {r['step_ms']:.2f} | {r['predictor_ms']:.2f} | {eager} | {compiled} | {r['talker_ms']:.2f} | {r['other_ms']:.2f} "
             f"| {r['prefill_ms']:.1f} | {r['eager_prefill_ms']:.1f} | {r['codec_ms']:.1f} | {r['step_ms'] / r['batch']:.3f} |"
         )
     return "\n".join(lines)
@@ -189,9 +202,11 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--batch", default="1,16,64")
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--compiled", action="store_true", help="also time the compiled predictor (torch.compile: minutes of compiling on a CPU)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     from server.engines.qwen import compat
+    from server.engines.qwen.compiled_predictor import CompiledCodePredictor
     from server.engines.qwen.manager import ModelManager
     from server.engines.qwen.predictor import CodePredictor
     from server.engines.qwen.prompt import ClonePromptCache
@@ -210,8 +225,10 @@ def main(argv: list[str] | None = None) -> str:
     manager = ModelManager({args.kind: source}, factory, device=device, dtype=dtype, max_rows=args.rows, max_len=2048, max_text=512)
     runtime = factory.build(args.kind, manager.loader(source), args.rows)
     with runtime.context():
-        eager = CodePredictor(runtime.tts.model.talker, args.rows, top_p=runtime.batch.plan.predictor_top_p, top_k=runtime.batch.plan.predictor_top_k)
-        rows = profile(runtime, [int(b) for b in args.batch.split(",")], args.repeats, eager)
+        talker, plan = runtime.tts.model.talker, runtime.batch.plan
+        eager = CodePredictor(talker, args.rows, top_p=plan.predictor_top_p, top_k=plan.predictor_top_k)
+        compiled = CompiledCodePredictor(talker, args.rows, top_p=plan.predictor_top_p, top_k=plan.predictor_top_k) if args.compiled else None
+        rows = profile(runtime, [int(b) for b in args.batch.split(",")], args.repeats, eager, compiled)
     text = table(rows, args.kind, type(runtime.codec).__name__)
     print(text)
     if args.out is not None:

@@ -92,7 +92,8 @@ def _parser() -> _Options:
     add("--design-model", default=Settings.design_model, help="VoiceDesign model: hub id or local directory")
     add("--base-model", default=Settings.base_model, help="Base (clone) model: hub id or local directory")
     add("--qwen-decode", choices=("auto", "graphs", "eager"), default="auto", help="auto: the batched step as CUDA graphs on a GPU")
-    add("--qwen-predictor", choices=("folded", "eager"), default="folded", help="the code predictor over folded weights, or upstream's modules (the reference)")
+    add("--qwen-predictor", choices=("folded", "compiled", "eager"), default="folded",
+        help="the code predictor over folded weights, the same under torch.compile (compiles at start), or upstream's modules (the reference)")
     add("--preview-workers", type=int, help="preview engine worker threads (default: one per core, at most 4)")
     add("--preview-threads", type=int, default=Settings.preview_threads, help="threads per preview worker")
     add("--database-url", help="voice library database, e.g. postgresql+asyncpg://user:pass@host/db (default: SQLite in the data dir)")

@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--design-model", default=Settings.design_model)
     add("--base-model", default=Settings.base_model)
     add("--qwen-decode", choices=("auto", "graphs", "eager"), default="auto")
-    add("--qwen-predictor", choices=("folded", "eager"), default="folded")
+    add("--qwen-predictor", choices=("folded", "compiled", "eager"), default="folded")
     add("--preview-workers", type=int, default=1, help="Piper workers per preview replica (default 1)")
     add("--preview-threads", type=int, default=Settings.preview_threads)
     add("--address-file", type=Path, help="write the address fronts connect to here once the replicas run")

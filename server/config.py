@@ -62,7 +62,8 @@ class Settings:
     qwen_decode: str = "auto"
     """Qwen decode step: CUDA graphs ("graphs"), op by op ("eager"), or by device ("auto": graphs on a GPU)."""
     qwen_predictor: str = "folded"
-    """Qwen code predictor: folded weights ("folded"), or upstream's modules one by one ("eager", the reference)."""
+    """Qwen code predictor: folded weights ("folded"), the same under torch.compile ("compiled"), or upstream's
+    modules one by one ("eager", the reference)."""
     preview_workers: int | None = None
     preview_threads: int = 2
     """Threads per Piper instance: 2 halves a lone sentence's latency on 2 cores; 1 is leaner under heavy load."""

@@ -30,6 +30,7 @@ from transformers.generation.logits_process import (  # noqa: E402
 from server.engines.base import SAMPLE_RATE  # noqa: E402
 from server.engines.qwen import compat  # noqa: E402
 from server.engines.qwen.batch import Admission, DecodeBatch  # noqa: E402
+from server.engines.qwen.compiled_predictor import BACKEND_VARIABLE, CompiledCodePredictor  # noqa: E402
 from server.engines.qwen.folded_predictor import FoldedCodePredictor  # noqa: E402
 from server.engines.qwen.manager import folded_bytes, plan_memory, row_bytes  # noqa: E402
 from server.engines.qwen.noise import CounterNoise  # noqa: E402
@@ -45,6 +46,14 @@ GREEDY = {"do_sample": False, "subtalker_dosample": False}
 SAMPLED = {"do_sample": True, "subtalker_dosample": True}
 DEVICE = os.environ.get("MINESTREAM_QWEN_DEVICE", "cpu")
 GRAPHS = DEVICE != "cpu"  # on a GPU the same tests replay the captured step graphs
+# The compiled predictor's backend: Inductor's kernels on a GPU; on a CPU the same traced graphs run op by op
+# (Inductor's C++ would add a minute of compiling; MINESTREAM_TEST_INDUCTOR=1 asks for it anyway).
+COMPILE_BACKEND = "inductor" if GRAPHS or os.environ.get("MINESTREAM_TEST_INDUCTOR") else "aot_eager"
+
+
+@pytest.fixture(autouse=True)
+def compile_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BACKEND_VARIABLE, COMPILE_BACKEND)
 
 
 def _ref_audio(seconds: float = 1.6, seed: int = 0) -> np.ndarray:
@@ -129,9 +138,9 @@ def _drive(batch: DecodeBatch, streams: list[tuple[int, str, Admission]]) -> dic
     raise AssertionError("the streams did not end")
 
 
-@pytest.mark.parametrize("model,predictor", [("design", "folded"), ("base", "folded"), ("design", "eager")])
+@pytest.mark.parametrize("model,predictor", [("design", "folded"), ("base", "folded"), ("design", "eager"), ("base", "compiled")])
 def test_rows_decoded_together_equal_one_by_one_and_upstream(upstream: tuple[Any, Any], cases: dict[str, Case], model: str, predictor: str) -> None:
-    """Greedy: different prompt lengths, rows joining and leaving mid-stream, more streams than rows; either predictor."""
+    """Greedy: different prompt lengths, rows joining and leaving mid-stream, more streams than rows; every predictor."""
     names = ("short", "medium", "long") if model == "design" else ("xvec", "icl", "icl-long")
     mine = {name: cases[name] for name in names}
     tts = upstream[0] if model == "design" else upstream[1]
@@ -237,6 +246,36 @@ def test_folded_predictor_equals_the_eager_one(upstream: tuple[Any, Any], model:
                 assert torch.equal(folded_codes, codes)
                 torch.testing.assert_close(folded_embeds, embeds, rtol=1e-5, atol=1e-5)
     assert sum(t.numel() * t.element_size() for t in folded.weights()) <= folded_bytes(talker.config.to_dict(), torch.float32)
+
+
+@pytest.mark.parametrize("model", ["design", "base"])
+def test_compiled_predictor_equals_the_folded_one(upstream: tuple[Any, Any], model: str) -> None:
+    """One traced codebook step, replayed for codebooks 0..13 (its position a device tensor, attention over all 16
+    positions with the later ones masked), computes what the folded loop computes: the same codes and the same
+    summed embedding, for greedy and sampled rows, at batch 1 and in batches of two other sizes."""
+    tts = upstream[0] if model == "design" else upstream[1]
+    talker = tts.model.talker
+    rows, vocab = 5, talker.code_predictor.config.vocab_size
+    folded, compiled = FoldedCodePredictor(talker, rows, top_p=True, top_k=30), CompiledCodePredictor(talker, rows, top_p=True, top_k=30)
+    settings = Settings.allocate(rows, vocab, torch.device(DEVICE))
+    kinds = [{}, {"do_sample": True}, {"do_sample": True, "temperature": 0.8, "top_k": 10}, {"do_sample": True, "top_k": 30, "top_p": 0.7},
+             {"do_sample": True, "temperature": 1.4, "top_p": 0.95, "top_k": 30}]  # fmt: skip
+    for row, kw in enumerate(kinds):
+        settings.assign(row, kw, vocab)
+    gen = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        for _ in range(3):
+            hidden = torch.randn(rows, 1, talker.config.hidden_size, generator=gen).to(DEVICE)
+            token = torch.randint(0, talker.config.vocab_size, (rows,), generator=gen).to(DEVICE)
+            noise = torch.empty(rows, talker.config.num_code_groups - 1, vocab).exponential_(generator=gen).to(DEVICE)
+            for batch in (1, rows, 3):
+                args = (hidden[:batch], token[:batch], settings.rows(slice(0, batch)), noise[:batch])
+                (codes, embeds), (compiled_codes, compiled_embeds) = folded(*args), compiled(*args)
+                assert torch.equal(compiled_codes, codes)
+                torch.testing.assert_close(compiled_embeds, embeds, rtol=1e-5, atol=1e-5)
+            greedy = (hidden[:1], token[:1], settings.rows(slice(0, 1)), None)  # no row draws: the other trace of each step
+            assert torch.equal(compiled(*greedy)[0], folded(*greedy)[0])
+    assert compiled.tables[3].data_ptr() == compiled.table_stack[3].data_ptr()  # the stacked tables are not a second copy
 
 
 def _transformers_choice(scores: torch.Tensor, seen: list[int], sampled: int, kw: dict[str, Any], noise: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -13,7 +13,8 @@
 #   4. the load table (bench/qwen_load.py): clone at 1, 8, 16, 32, 64 streams, design at 1 and 64,
 #      32 design + 32 clone at once; EOS suppressed at 48 frames; engine start captures the graphs;
 #   5. faster-qwen3-tts 0.3.2 beside it (one request at a time): clone at 1 and 16 streams, design at 1;
-#   6. the step profile by batch size (bench/qwen_profile.py): predictor, talker, prefill, codec;
+#   6. the step profile by batch size (bench/qwen_profile.py): predictor (folded, eager, compiled), talker,
+#      prefill, codec;
 #   7. results.md: every table, the GPU's name, the versions.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,6 +38,7 @@ if [ "$MODE" = dry ]; then
   SIZE=tiny; DEVICE=cpu; FRAMES=8; MODELS=/tmp/qwen-dry-tiny
   LEVELS="clone:1,2 design:1 mixed:1+1"; WINDOW=2; WARMUP=0.5; BATCHES=1,2,4
   SCALE=3  # the CPU is slow: longer limits
+  export MINESTREAM_COMPILE_BACKEND=aot_eager  # the compiled predictor's graphs without a minute of C++ compiling
 else
   OUT=${OUT:-${1:-bench/out/qwen-gpu}}
   PY=python3
@@ -93,7 +95,7 @@ EOF
 
 # float32 on the GPU with the step graphs captured: the codes must still equal upstream's
 step tests 150 env MINESTREAM_QWEN_DEVICE=$DEVICE $PY -m pytest --noconftest -q -x -p no:cacheprovider \
-  tests/test_qwen_batch.py -k "together or generator or company or reused or folded" -o addopts="" --junitxml="$OUT/pytest.xml"
+  tests/test_qwen_batch.py -k "together or generator or company or reused or folded or compiled" -o addopts="" --junitxml="$OUT/pytest.xml"
 [ -f "$OUT/pytest.xml" ] && { grep -o 'tests="[0-9]*"\|failures="[0-9]*"\|errors="[0-9]*"' "$OUT/pytest.xml" | tr '\n' ' '; echo; } > "$OUT/pytest.log" && rm "$OUT/pytest.xml"
 
 step build 120 $PY -m bench.qwen_models "$SIZE" "$MODELS"
@@ -107,7 +109,7 @@ step faster-clone 100 $PY -m bench.qwen_engine "${DIRS[@]}" --runners faster --v
 step faster-design 60 $PY -m bench.qwen_engine "${DIRS[@]}" --runners faster --voices design --streams 1 --frames "$FRAMES" \
   --suppress-eos --first-chunk 2 --results "$OUT/faster-design.md"
 
-step profile 120 $PY -m bench.qwen_profile "${DIRS[@]}" --kind base --batch "$BATCHES" --repeats 20 --out "$OUT"
+step profile 240 $PY -m bench.qwen_profile "${DIRS[@]}" --kind base --batch "$BATCHES" --repeats 20 --compiled --out "$OUT"
 
 {
   echo "# Qwen engine GPU run ($MODE)"

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from ...errors import EngineError
+from .compiled_predictor import CompiledCodePredictor
 from .folded_predictor import FoldedCodePredictor
 from .graphs import BATCH_BUCKETS, KEY_BUCKETS, PREFILL_GRAPH_POSITIONS, PREFILL_LENGTH_BUCKETS, Replay, bucket, buckets
 from .layers import TalkerStack
@@ -53,8 +54,9 @@ from .sampling import Penalties, SamplingPlan, Settings, choose, penalize
 DEFAULT_MAX_LEN = 2048  # prompt + frames per row: 1.7B keeps ~235 MB of bf16 keys and values per row
 DEFAULT_MAX_TEXT = 512  # trailing text positions per row
 logger = logging.getLogger("minestream.qwen")
-PREDICTORS: dict[str, Callable[..., Predictor]] = {"folded": FoldedCodePredictor, "eager": CodePredictor}
-"""The code predictor's two forms: folded weights (the server's), upstream's modules one by one (the reference)."""
+PREDICTORS: dict[str, Callable[..., Predictor]] = {"folded": FoldedCodePredictor, "compiled": CompiledCodePredictor, "eager": CodePredictor}
+"""The code predictor's forms: folded weights (the server's), the same compiled (``torch.compile``), upstream's
+modules one by one (the reference)."""
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,9 @@ class QwenEngine(Engine):
         "graphs" captures the batch's step as CUDA graphs, "eager" runs it op by op, "auto" is
         graphs on a GPU. ``noise``: "counter" (per-row counter-based draws, the server's) or
         "generator" (one torch.Generator per row, in upstream's order: a reference). ``predictor``:
-        "folded" (the code predictor over folded weights) or "eager" (upstream's modules, the
-        reference). ``codec``:
+        "folded" (the code predictor over folded weights), "compiled" (the same under
+        ``torch.compile``, compiled when the batch captures its graphs, or at the first step without
+        them) or "eager" (upstream's modules, the reference). ``codec``:
         "window" (re-decodes 72 frames of left context per chunk), "stateful" (``codec.CodecBatch``),
         "auto" (stateful where this build has it). ``cache_dir``: where voice-clone prompts are
         kept across restarts, by the library's reference key."""

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .layers import fused_norm, kv_shape, normalise
+from .layers import Attend, fused_norm, kv_shape, normalise
 from .sampling import Settings, choose
 
 
@@ -152,12 +152,20 @@ class FoldedCodePredictor:
         batch, length = x.shape[:2]
         end = start + length
         cos, sin = self.cos[start:end].view(1, 1, length, -1), self.sin[start:end].view(1, 1, length, -1)
+
+        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys, values = self.keys[index][:batch], self.values[index][:batch]
+            keys[:, :, start:end] = k
+            values[:, :, start:end] = v
+            return F.scaled_dot_product_attention(
+                q, keys[:, :, :end], values[:, :, :end], is_causal=end - start > 1, scale=self.scale, enable_gqa=True
+            )
+
         for index, layer in enumerate(self.layers):
-            x = self._decoder_layer(index, layer, x, cos, sin, start, end, batch)
+            x = self._decoder_layer(index, layer, x, cos, sin, attend)
         return normalise(x[:, -1], self.eps_final)
 
-    def _decoder_layer(self, index: int, w: FoldedLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               start: int, end: int, batch: int) -> torch.Tensor:  # fmt: skip
+    def _decoder_layer(self, index: int, w: FoldedLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
         qkv = F.linear(normalise(x, w.eps_in), w.qkv, w.qkv_bias)
         q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         shape = (*x.shape[:-1], -1, self.head_dim)
@@ -167,12 +175,7 @@ class FoldedCodePredictor:
         # rotate_half(x) * sin == roll(x, D/2) * (sin with its first half negated), exactly: one op, not two.
         q = (q * cos) + (q.roll(self.head_dim // 2, -1) * sin)
         k = (k * cos) + (k.roll(self.head_dim // 2, -1) * sin)
-        keys, values = self.keys[index][:batch], self.values[index][:batch]
-        keys[:, :, start:end] = k
-        values[:, :, start:end] = v
-        out = F.scaled_dot_product_attention(
-            q, keys[:, :, :end], values[:, :, :end], is_causal=end - start > 1, scale=self.scale, enable_gqa=True
-        )
+        out = attend(index, q, k, v)
         x = x + F.linear(out.transpose(1, 2).reshape(*x.shape[:-1], -1), w.out, w.out_bias)
         gate, up = F.linear(normalise(x, w.eps_post), w.gate_up).chunk(2, dim=-1)
         return x + F.linear(w.act(gate) * up, w.down)
