@@ -345,7 +345,9 @@ class DecodeBatch:
 
         Call it while no row is active: a padding-only step changes no row's
         state, and the prefills' warm-ups only touch rows that admission resets.
+        A compiled predictor traces its functions here too, with or without graphs.
         """
+        self._trace_predictor()
         if not self.graphs:
             return
         if self._length:
@@ -363,6 +365,17 @@ class DecodeBatch:
             self.prefill_shapes, self._prefill_replays = [], {}
         finally:
             self.active.zero_()
+
+    @torch.inference_mode()
+    def _trace_predictor(self) -> None:
+        """A compiled predictor traces at its first calls, at one row and at more (a symbolic batch size):
+        at start, then, rather than at the first streams' first frames (a minute, on a CPU)."""
+        if not isinstance(self.predictor, CompiledCodePredictor):
+            return
+        for rows in sorted({1, min(2, self.rows)}):
+            index = slice(0, rows)
+            noise = None if self.predictor_noise is None else self.predictor_noise[index]
+            self.predictor(self.last_hidden[index], self.last_token[index], self.predictor_settings.rows(index), noise)
 
     def _replay(self, rows: int, keys: int) -> Replay:
         return self._replay_of(self._replays, (rows, keys), lambda: self._step(rows, keys))
