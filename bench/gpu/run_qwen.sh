@@ -3,7 +3,7 @@
 #
 #   here, once:  bash bench/gpu/run_qwen.sh --fetch-wheels        # pip download into .whl/ (git-ignored, never committed)
 #   device:      run(command="bash bench/gpu/run_qwen.sh", carry=[".whl"], timeout_s=540)
-#                (OUT is the device's $OUT; its files come back: env.txt, pytest.log, load.json, results.md, run.log)
+#                (OUT is the device's $OUT; its files come back: env.txt, pytest.log, load.json, load-compiled.json, results.md, run.log)
 #   here, dry:   PYTHON=.venv/bin/python bash bench/gpu/run_qwen.sh --dry-run [DIR]   # every step on CPU, tiny models
 #
 # Steps, each under its own time limit, in order of what matters if time runs out:
@@ -15,7 +15,8 @@
 #   5. faster-qwen3-tts 0.3.2 beside it (one request at a time): clone at 1 and 16 streams, design at 1;
 #   6. the step profile by batch size (bench/qwen_profile.py): predictor (folded, eager, compiled), talker,
 #      prefill, codec;
-#   7. results.md: every table, the GPU's name, the versions.
+#   7. the load again with the compiled predictor (clone at 1 and 64 streams), if time is left;
+#   8. results.md: every table, the GPU's name, the versions.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MODE=gpu
@@ -36,14 +37,14 @@ if [ "$MODE" = dry ]; then
   OUT=${1:-$(mktemp -d /tmp/qwen-gpu-dry-XXXX)}
   PY=${PYTHON:-python3}
   SIZE=tiny; DEVICE=cpu; FRAMES=8; MODELS=/tmp/qwen-dry-tiny
-  LEVELS="clone:1,2 design:1 mixed:1+1"; WINDOW=2; WARMUP=0.5; BATCHES=1,2,4
+  LEVELS="clone:1,2 design:1 mixed:1+1"; COMPILED_LEVELS="clone:1,2"; WINDOW=2; WARMUP=0.5; BATCHES=1,2,4
   SCALE=3  # the CPU is slow: longer limits
   export MINESTREAM_COMPILE_BACKEND=aot_eager  # the compiled predictor's graphs without a minute of C++ compiling
 else
   OUT=${OUT:-${1:-bench/out/qwen-gpu}}
   PY=python3
   SIZE=1.7b; DEVICE=cuda:0; FRAMES=48; MODELS=/tmp/q17
-  LEVELS="clone:1,8,16,32,64 design:1,64 mixed:32+32"; WINDOW=6; WARMUP=2; BATCHES=1,8,16,32,64
+  LEVELS="clone:1,8,16,32,64 design:1,64 mixed:32+32"; COMPILED_LEVELS="clone:1,64"; WINDOW=6; WARMUP=2; BATCHES=1,8,16,32,64
   SCALE=1
 fi
 mkdir -p "$OUT"
@@ -111,6 +112,14 @@ step faster-design 60 $PY -m bench.qwen_engine "${DIRS[@]}" --runners faster --v
 
 step profile 240 $PY -m bench.qwen_profile "${DIRS[@]}" --kind base --batch "$BATCHES" --repeats 20 --compiled --out "$OUT"
 
+# The load again with the compiled predictor, where time is left: one stream, then 64.
+if (( $(date +%s) - started < 330 * SCALE )); then
+  step load-compiled 120 $PY -m bench.qwen_load "${DIRS[@]}" --suppress-eos --frames "$FRAMES" --levels $COMPILED_LEVELS \
+    --warmup "$WARMUP" --window "$WINDOW" --predictor compiled --out "$OUT/compiled"
+else
+  echo "== load-compiled: skipped, $(( $(date +%s) - started ))s gone" | tee -a "$LOG"
+fi
+
 {
   echo "# Qwen engine GPU run ($MODE)"
   echo; echo '```'; cat "$OUT/env.txt"; echo '```'
@@ -119,8 +128,12 @@ step profile 240 $PY -m bench.qwen_profile "${DIRS[@]}" --kind base --batch "$BA
   echo; echo "## faster-qwen3-tts 0.3.2 (bench.qwen_engine --runners faster)"; echo
   cat "$OUT/faster-clone.md" "$OUT/faster-design.md" 2>/dev/null || echo "none"
   echo; echo "## Step profile (bench.qwen_profile)"; echo; cat "$OUT/profile.md" 2>/dev/null || echo "none"
+  echo; echo "## Load with the compiled predictor (bench.qwen_load --predictor compiled)"; echo
+  cat "$OUT/compiled/load.md" 2>/dev/null || echo "none"
   echo; echo "total $(( $(date +%s) - started ))s"
 } > "$OUT/results.md"
+[ -f "$OUT/compiled/load.json" ] && mv "$OUT/compiled/load.json" "$OUT/load-compiled.json"
+rm -rf "$OUT/compiled"
 rm -f "$OUT/load.md" "$OUT/faster-clone.md" "$OUT/faster-design.md" "$OUT/profile.md"  # folded into results.md: at most 8 files come back
 echo "== done in $(( $(date +%s) - started ))s: $OUT" | tee -a "$LOG"
 cat "$OUT/results.md"
