@@ -19,7 +19,9 @@ batch size B with every row active:
 * other: step - predictor - talker (the talker's sampling and the row updates);
 * prefill: B prompts admitted together, as admission runs them (one replay
   at a padded shape on a GPU), and the same prefill op by op (eager);
-* codec: one round's decode of B 12-frame chunks.
+* codec: one round's decode of B 12-frame chunks as the scheduler runs it (a
+  replay of a captured shape on a GPU), the same op by op (eager codec), and
+  of B 2-frame chunks (every stream's first chunk).
 
 The rows decode real prompts (the bench text) so attention reads real lengths.
 """
@@ -27,6 +29,7 @@ The rows decode real prompts (the bench text) so attention reads real lengths.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -98,6 +101,8 @@ def profile(runtime: Any, sizes: list[int], repeats: int, eager: Any = None, com
         figures["other_ms"] = figures["step_ms"] - figures["predictor_ms"] - figures["talker_ms"]
         figures["prefill_ms"], figures["eager_prefill_ms"] = prefill_ms, eager_prefill_ms
         figures["codec_ms"] = _codec_ms(codec, size, batch.device)
+        figures["eager_codec_ms"] = _codec_ms(codec, size, batch.device, eager=True)
+        figures["first_chunk_ms"] = _codec_ms(codec, size, batch.device, frames=2)  # every stream's first chunk at once
         others = {name: p for name, p in (("agreement", eager), ("compiled_agreement", compiled)) if p is not None}
         if others:  # last: it steps the rows on
             figures.update(zip(others, _agreement(batch, size, list(others.values())), strict=True))
@@ -159,15 +164,20 @@ def _talker_call(batch: Any, size: int, keys: int) -> Callable[[], None]:
     return run
 
 
-def _codec_ms(codec: Any, size: int, device: torch.device) -> float:
+def _codec_ms(codec: Any, size: int, device: torch.device, frames: int = 12, *, eager: bool = False) -> float:
+    """One round's decode of ``size`` chunks of ``frames``: as the scheduler calls it (a replay where the codec
+    captured that shape), or, with ``eager``, op by op (``CodecBatch.decode``)."""
+    from server.engines.qwen.codec import CodecBatch
+
+    decode = functools.partial(CodecBatch.decode, codec) if eager and isinstance(codec, CodecBatch) else codec.decode
     handles = [codec.admit(None) for _ in range(size)]
-    chunks = [torch.randint(0, 2048, (12, 16)) for _ in range(size)]
+    chunks = [torch.randint(0, 2048, (frames, 16)) for _ in range(size)]
     try:
-        codec.decode(handles, chunks)  # first shape: plans, allocations
+        decode(handles, chunks)  # first shape: plans, allocations
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        codec.decode(handles, chunks)  # ends with the copy to the host
+        decode(handles, chunks)  # ends with the copy to the host
         return 1000 * (time.perf_counter() - started)
     finally:
         for handle in handles:
@@ -179,15 +189,16 @@ def table(rows: list[dict[str, Any]], kind: str, codec: str) -> str:
         f"One {kind} decode step by batch size (ms; every row active; codec {codec}):",
         "",
         "| batch | keys | step | predictor (folded) | eager predictor | codes agree | compiled predictor | codes agree (compiled) "
-        "| talker | other | prefill (B prompts) | eager prefill | codec (B x 12 frames) | step ms / row |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| talker | other | prefill (B prompts) | eager prefill | codec (B x 12 frames) | eager codec | codec (B x 2 frames) | step ms / row |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         eager = f"{r['eager_predictor_ms']:.2f} | {r['agreement']:.4f}" if "agreement" in r else "- | -"
         compiled = f"{r['compiled_predictor_ms']:.2f} | {r['compiled_agreement']:.4f}" if "compiled_agreement" in r else "- | -"
         lines.append(
             f"| {r['batch']} | {r['keys']} | {r['step_ms']:.2f} | {r['predictor_ms']:.2f} | {eager} | {compiled} | {r['talker_ms']:.2f} | {r['other_ms']:.2f} "
-            f"| {r['prefill_ms']:.1f} | {r['eager_prefill_ms']:.1f} | {r['codec_ms']:.1f} | {r['step_ms'] / r['batch']:.3f} |"
+            f"| {r['prefill_ms']:.1f} | {r['eager_prefill_ms']:.1f} | {r['codec_ms']:.1f} | {r['eager_codec_ms']:.1f} | {r['first_chunk_ms']:.1f} "
+            f"| {r['step_ms'] / r['batch']:.3f} |"
         )
     return "\n".join(lines)
 

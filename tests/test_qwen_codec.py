@@ -21,6 +21,7 @@ pytest.importorskip("transformers")
 from bench.qwen_codec import full_scale_residuals, random_decoder  # noqa: E402
 from server.engines.qwen import compat  # noqa: E402
 from server.engines.qwen.codec import CodecBatch, StatefulCodecStream  # noqa: E402
+from server.engines.qwen.codec_graphs import GraphedCodecBatch  # noqa: E402
 from server.engines.qwen.window_codec import CodecStream  # noqa: E402
 from tests import qwen_tiny  # noqa: E402
 
@@ -32,6 +33,7 @@ TOLERANCE = 1e-4
 FRAMES = 100  # past the attention window (72): the key/value window slides, positions pass it
 PLANS = {"1": [1], "2": [2], "4": [4], "8": [8], "12": [12], "ramp": [2, 4, 8, 12]}
 DEVICE = os.environ.get("MINESTREAM_QWEN_DEVICE", "cpu")
+GRAPHS = DEVICE != "cpu"  # on a GPU the padded codec's shapes are captured and replayed
 torch.backends.cudnn.allow_tf32 = False
 
 
@@ -131,8 +133,12 @@ def test_stream_equals_one_shot_decode(
         assert np.abs(streamed - _upstream_decode(tts, prefix, codes)).max() < TOLERANCE
 
 
-def test_streams_decoded_together_join_leave_and_reuse_rows(loud_decoder: Any, ref_code: torch.Tensor) -> None:
-    """Six streams through a three-row batch: one decode call per round, rows freed and reused."""
+@pytest.mark.parametrize("graphed", [False, True], ids=["plain", "padded"])
+def test_streams_decoded_together_join_leave_and_reuse_rows(loud_decoder: Any, ref_code: torch.Tensor, graphed: bool) -> None:
+    """Six streams through a three-row batch: one decode call per round, rows freed and reused.
+
+    Padded: each round goes through a captured shape (rows padded to a batch bucket with the scratch row,
+    chunks to a frames bucket); on a GPU those are graph replays, on a CPU the same padded calls run eagerly."""
     plans = [[2, 4, 8, 12], [1], [12], [4], [2, 4, 8, 12], [8]]
     streams = [
         {
@@ -145,8 +151,12 @@ def test_streams_decoded_together_join_leave_and_reuse_rows(loud_decoder: Any, r
         for i in range(len(plans))
     ]
     decoder = loud_decoder
-    batch = CodecBatch(decoder, rows=3)
-    waiting, active, rows_used, mixed_rounds = list(streams), [], [], 0
+    # Graphed: rounds of 1 and 3 rows are padded with the scratch row (to 2 and 4).
+    batch = GraphedCodecBatch(decoder, rows=3, graphs=True, batch_buckets=(2, 4)) if graphed else CodecBatch(decoder, rows=3)
+    if isinstance(batch, GraphedCodecBatch):
+        batch.capture()
+        assert batch.graph_count == (8 if GRAPHS else 0)
+    waiting, active, rows_used, mixed_rounds, rounds = list(streams), [], [], 0, 0
     for _ in range(400):  # bounded: every round moves each active stream forward
         while waiting and batch.free_rows:
             stream = waiting.pop(0)
@@ -157,6 +167,7 @@ def test_streams_decoded_together_join_leave_and_reuse_rows(loud_decoder: Any, r
             break
         chunks = [s["codes"][s["done"] : s["done"] + s["sizes"][len(s["audio"])]] for s in active]
         mixed_rounds += len({len(c) for c in chunks}) > 1
+        rounds += 1
         for stream, audio in zip(active, batch.decode([s["row"] for s in active], chunks), strict=True):
             stream["audio"].append(audio)
             stream["done"] += len(audio) // FRAME
@@ -166,6 +177,8 @@ def test_streams_decoded_together_join_leave_and_reuse_rows(loud_decoder: Any, r
         batch.warm(3)  # a warm-up between rounds touches only the scratch row
     assert not waiting and not active
     assert mixed_rounds > 0, "no round padded chunks of different lengths"
+    if isinstance(batch, GraphedCodecBatch):
+        assert batch.padded_rounds == rounds  # every round went through a captured shape
     assert len(rows_used) > len(set(rows_used)), "no row was reused"
     for stream in streams:
         truth = _one_shot(decoder, stream["history"], stream["codes"])

@@ -96,7 +96,7 @@ EOF
 
 # float32 on the GPU with the step graphs captured: the codes must still equal upstream's
 step tests 150 env MINESTREAM_QWEN_DEVICE=$DEVICE $PY -m pytest --noconftest -q -x -p no:cacheprovider \
-  tests/test_qwen_batch.py -k "together or generator or company or reused or folded or compiled" -o addopts="" --junitxml="$OUT/pytest.xml"
+  tests/test_qwen_batch.py tests/test_qwen_codec.py -k "together or generator or company or reused or folded or compiled or padding" -o addopts="" --junitxml="$OUT/pytest.xml"
 [ -f "$OUT/pytest.xml" ] && { grep -o 'tests="[0-9]*"\|failures="[0-9]*"\|errors="[0-9]*"' "$OUT/pytest.xml" | tr '\n' ' '; echo; } > "$OUT/pytest.log" && rm "$OUT/pytest.xml"
 
 step build 120 $PY -m bench.qwen_models "$SIZE" "$MODELS"

@@ -21,17 +21,18 @@ from typing import Any
 import torch
 
 from .batch import DEFAULT_MAX_LEN, DEFAULT_MAX_TEXT, DecodeBatch
-from .codec import CodecBatch
+from .codec_graphs import GraphedCodecBatch
 from .prompt import ClonePromptCache, PromptBuilder
 from .sampling import SamplingPlan
 from .window_codec import DEFAULT_LEFT_CONTEXT, RoundCodec, WindowCodec
 
 
-def make_codec(kind: str, decoder: Any, rows: int, left_context: int) -> RoundCodec:
+def make_codec(kind: str, decoder: Any, rows: int, left_context: int, *, graphs: bool = False) -> RoundCodec:
     """``stateful`` (``auto``): ``codec.CodecBatch``, one row per decode row carrying the decoder's state,
-    every due chunk in one batched pass; ``window``: per-stream windows re-decoding left context (the reference)."""
+    every due chunk in one batched pass (with ``graphs``, a replay per padded shape: ``codec_graphs``);
+    ``window``: per-stream windows re-decoding left context (the reference)."""
     if kind in ("auto", "stateful"):
-        return CodecBatch(decoder, rows)
+        return GraphedCodecBatch(decoder, rows, graphs=graphs)
     if kind == "window":
         return WindowCodec(decoder, left_context)
     raise ValueError(f"codec must be auto, stateful or window, not {kind!r}")
@@ -81,7 +82,9 @@ class ModelRuntime:
         started = time.perf_counter()
         with self.context(), torch.inference_mode():
             self.batch.capture()
-            if self.batch.device.type == "cuda":  # every decode shape once: cuDNN builds a plan per new shape
+            if isinstance(self.codec, GraphedCodecBatch) and self.codec.graphs and self.batch.device.type == "cuda":
+                self.codec.capture()
+            elif self.batch.device.type == "cuda":  # every decode shape once: cuDNN builds a plan per new shape
                 longest = settings.left_context + settings.longest_chunk if isinstance(self.codec, WindowCodec) else settings.longest_chunk
                 getattr(self.codec, "warm", lambda _: None)(longest)
             if self.stream is not None:
@@ -97,6 +100,7 @@ class ModelRuntime:
             "graphs": self.batch.graph_count,
             "steps": self.batch.steps,
             "codec": type(self.codec).__name__,
+            "codec_graphs": getattr(self.codec, "graph_count", 0),
             "predictor": type(self.batch.predictor).__name__,
         }
 
@@ -119,7 +123,7 @@ class RuntimeFactory:
                 noise=s.noise, predictor=s.predictor,
             )
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            codec = make_codec(s.codec, tts.model.speech_tokenizer.model.decoder, rows, s.left_context)
+            codec = make_codec(s.codec, tts.model.speech_tokenizer.model.decoder, rows, s.left_context, graphs=s.graphs)
         runtime = ModelRuntime(kind, tts, batch, codec, prompts, stream)
         runtime.start(s)
         return runtime
