@@ -377,6 +377,12 @@ class DecodeBatch:
             noise = None if self.predictor_noise is None else self.predictor_noise[index]
             self.predictor(self.last_hidden[index], self.last_token[index], self.predictor_settings.rows(index), noise)
 
+    @property
+    def graph_pool(self) -> Any:
+        """The memory pool the batch's graphs share (None before ``capture`` or without graphs); the model's
+        codec graphs join it: all of them replay one at a time, on the model's thread."""
+        return self._pool
+
     def _replay(self, rows: int, keys: int) -> Replay:
         return self._replay_of(self._replays, (rows, keys), lambda: self._step(rows, keys))
 

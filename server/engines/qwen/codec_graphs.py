@@ -1,8 +1,9 @@
 """The stateful codec's round decode as CUDA graphs, one per (batch bucket, frames bucket).
 
-A decode call of ``CodecBatch`` is a few hundred small kernels (eight
-attention layers, the upsampling convolutions, the vocoder's blocks), the
-same count for one 2-frame chunk as for 64 12-frame ones: launched one by one
+A decode call of ``CodecBatch`` is hundreds of small kernels (927 dispatched
+ops on the tiny test codec: the attention layers, the upsampling convolutions,
+the vocoder's blocks, the state's gathers and copies), the same count for one
+2-frame chunk as for 64 12-frame ones: launched one by one
 they, not the arithmetic, set the cost of a stream's first chunk (issue 16's
 "first codec decode"). ``decode_padded`` has static shapes and no host syncs,
 so ``GraphedCodecBatch`` captures it per shape and replays it:
@@ -16,10 +17,11 @@ so ``GraphedCodecBatch`` captures it per shape and replays it:
   the shape's fixed output, and one copy brings it to the host;
 * a round larger than every shape (a chunk over 12 frames) decodes eagerly.
 
-Every graph shares one memory pool: they run one at a time, on the model's
-thread, and keep nothing between replays. On a CPU, or with ``graphs`` off,
-the padded path runs eagerly, which is how the tests check it against the
-unpadded decode.
+Every graph shares one memory pool, the model's decode batch's: they run one
+at a time, on the model's thread, and keep nothing between replays, so the
+pool is as large as the largest of them, not their sum. On a CPU, or with
+``graphs`` off, the padded path runs eagerly, which is how the tests check it
+against the unpadded decode.
 """
 
 from __future__ import annotations
@@ -71,10 +73,13 @@ class GraphedCodecBatch(CodecBatch):
         return sum(shape.replay is not None and shape.replay.graph is not None for shape in self._shapes.values())
 
     @torch.inference_mode()
-    def capture(self) -> None:
-        """Every (batch bucket, frames bucket) shape now, before any stream: warm-ups and captures decode the scratch row only."""
+    def capture(self, pool: Any = None) -> None:
+        """Every (batch bucket, frames bucket) shape now, before any stream: warm-ups and captures decode the scratch row only.
+
+        ``pool``: a memory pool to share (the decode batch's: one model's graphs replay one at a time), else a new one.
+        """
         if self.device.type == "cuda" and self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
+            self._pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         for batch in self.batch_buckets:
             for frames in self.frame_buckets:
                 self._shape(batch, frames)

@@ -83,7 +83,7 @@ class ModelRuntime:
         with self.context(), torch.inference_mode():
             self.batch.capture()
             if isinstance(self.codec, GraphedCodecBatch) and self.codec.graphs and self.batch.device.type == "cuda":
-                self.codec.capture()
+                self.codec.capture(pool=self.batch.graph_pool)
             elif self.batch.device.type == "cuda":  # every decode shape once: cuDNN builds a plan per new shape
                 longest = settings.left_context + settings.longest_chunk if isinstance(self.codec, WindowCodec) else settings.longest_chunk
                 getattr(self.codec, "warm", lambda _: None)(longest)
