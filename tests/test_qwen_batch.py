@@ -8,6 +8,7 @@ join, leave and move happens at a chosen round.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,30 +222,45 @@ def test_prefill_at_graph_shapes_equals_the_eager_prefill(upstream: tuple[Any, A
         np.testing.assert_array_equal(mixed[name], eager[name], err_msg=f"{name}: eager fallback")
 
 
+PREDICTOR_ROWS = [{}, {"do_sample": True}, {"do_sample": True, "temperature": 0.8, "top_k": 10}, {"do_sample": True, "top_k": 30, "top_p": 0.7},
+                  {"do_sample": True, "temperature": 1.4, "top_p": 0.95, "top_k": 30}]  # fmt: skip
+"""One greedy row and four sampling ones, each with its own settings (the k of those that set one within 30)."""
+
+PredictorArgs = tuple[torch.Tensor, torch.Tensor, Settings, torch.Tensor | None]
+
+
+def _predictor_inputs(talker: Any, frames: int, seed: int) -> Iterator[PredictorArgs]:
+    """Random frames' predictor inputs for ``PREDICTOR_ROWS``: each frame at batch 1, all five rows, and three."""
+    rows, vocab = len(PREDICTOR_ROWS), talker.code_predictor.config.vocab_size
+    settings = Settings.allocate(rows, vocab, torch.device(DEVICE))
+    for row, kw in enumerate(PREDICTOR_ROWS):
+        settings.assign(row, kw, vocab)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(frames):
+        hidden = torch.randn(rows, 1, talker.config.hidden_size, generator=gen).to(DEVICE)
+        token = torch.randint(0, talker.config.vocab_size, (rows,), generator=gen).to(DEVICE)
+        noise = torch.empty(rows, talker.config.num_code_groups - 1, vocab).exponential_(generator=gen).to(DEVICE)
+        for batch in (1, rows, 3):
+            yield hidden[:batch], token[:batch], settings.rows(slice(0, batch)), noise[:batch]
+
+
+def _assert_same_frames(reference: Any, other: Any, inputs: Iterator[PredictorArgs]) -> None:
+    """The same codes, and the same summed embedding to float32 rounding."""
+    with torch.inference_mode():
+        for args in inputs:
+            (codes, embeds), (other_codes, other_embeds) = reference(*args), other(*args)
+            assert torch.equal(other_codes, codes)
+            torch.testing.assert_close(other_embeds, embeds, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("model", ["design", "base"])
 def test_folded_predictor_equals_the_eager_one(upstream: tuple[Any, Any], model: str) -> None:
     """Folding moves rounding, not arithmetic: the same codes and the same summed embedding (to float32
     rounding), for greedy and sampled rows, at batch 1 and in a batch, frame after frame."""
-    tts = upstream[0] if model == "design" else upstream[1]
-    talker = tts.model.talker
-    rows, vocab = 5, talker.code_predictor.config.vocab_size
+    talker = (upstream[0] if model == "design" else upstream[1]).model.talker
+    rows = len(PREDICTOR_ROWS)
     eager, folded = CodePredictor(talker, rows, top_p=True), FoldedCodePredictor(talker, rows, top_p=True)
-    settings = Settings.allocate(rows, vocab, torch.device(DEVICE))
-    kinds = [{}, {"do_sample": True}, {"do_sample": True, "temperature": 0.8, "top_k": 10}, {"do_sample": True, "top_k": 30, "top_p": 0.7},
-             {"do_sample": True, "temperature": 1.4, "top_p": 0.95}]  # fmt: skip
-    for row, kw in enumerate(kinds):
-        settings.assign(row, kw, vocab)
-    gen = torch.Generator().manual_seed(4)
-    with torch.inference_mode():
-        for _ in range(6):
-            hidden = torch.randn(rows, 1, talker.config.hidden_size, generator=gen).to(DEVICE)
-            token = torch.randint(0, talker.config.vocab_size, (rows,), generator=gen).to(DEVICE)
-            noise = torch.empty(rows, talker.config.num_code_groups - 1, vocab).exponential_(generator=gen).to(DEVICE)
-            for batch in (1, rows):
-                args = (hidden[:batch], token[:batch], settings.rows(slice(0, batch)), noise[:batch])
-                (codes, embeds), (folded_codes, folded_embeds) = eager(*args), folded(*args)
-                assert torch.equal(folded_codes, codes)
-                torch.testing.assert_close(folded_embeds, embeds, rtol=1e-5, atol=1e-5)
+    _assert_same_frames(eager, folded, _predictor_inputs(talker, frames=6, seed=4))
     assert sum(t.numel() * t.element_size() for t in folded.weights()) <= folded_bytes(talker.config.to_dict(), torch.float32)
 
 
@@ -253,28 +269,12 @@ def test_compiled_predictor_equals_the_folded_one(upstream: tuple[Any, Any], mod
     """One traced codebook step, replayed for codebooks 0..13 (its position a device tensor, attention over all 16
     positions with the later ones masked), computes what the folded loop computes: the same codes and the same
     summed embedding, for greedy and sampled rows, at batch 1 and in batches of two other sizes."""
-    tts = upstream[0] if model == "design" else upstream[1]
-    talker = tts.model.talker
-    rows, vocab = 5, talker.code_predictor.config.vocab_size
+    talker = (upstream[0] if model == "design" else upstream[1]).model.talker
+    rows = len(PREDICTOR_ROWS)
     folded, compiled = FoldedCodePredictor(talker, rows, top_p=True, top_k=30), CompiledCodePredictor(talker, rows, top_p=True, top_k=30)
-    settings = Settings.allocate(rows, vocab, torch.device(DEVICE))
-    kinds = [{}, {"do_sample": True}, {"do_sample": True, "temperature": 0.8, "top_k": 10}, {"do_sample": True, "top_k": 30, "top_p": 0.7},
-             {"do_sample": True, "temperature": 1.4, "top_p": 0.95, "top_k": 30}]  # fmt: skip
-    for row, kw in enumerate(kinds):
-        settings.assign(row, kw, vocab)
-    gen = torch.Generator().manual_seed(5)
-    with torch.inference_mode():
-        for _ in range(3):
-            hidden = torch.randn(rows, 1, talker.config.hidden_size, generator=gen).to(DEVICE)
-            token = torch.randint(0, talker.config.vocab_size, (rows,), generator=gen).to(DEVICE)
-            noise = torch.empty(rows, talker.config.num_code_groups - 1, vocab).exponential_(generator=gen).to(DEVICE)
-            for batch in (1, rows, 3):
-                args = (hidden[:batch], token[:batch], settings.rows(slice(0, batch)), noise[:batch])
-                (codes, embeds), (compiled_codes, compiled_embeds) = folded(*args), compiled(*args)
-                assert torch.equal(compiled_codes, codes)
-                torch.testing.assert_close(compiled_embeds, embeds, rtol=1e-5, atol=1e-5)
-            greedy = (hidden[:1], token[:1], settings.rows(slice(0, 1)), None)  # no row draws: the other trace of each step
-            assert torch.equal(compiled(*greedy)[0], folded(*greedy)[0])
+    inputs = list(_predictor_inputs(talker, frames=3, seed=5))
+    greedy = [(*args[:3], None) for args in inputs if args[0].shape[0] == 1]  # no row draws: the other trace of each step
+    _assert_same_frames(folded, compiled, iter(inputs + greedy))
     assert compiled.tables[3].data_ptr() == compiled.table_stack[3].data_ptr()  # the stacked tables are not a second copy
 
 
