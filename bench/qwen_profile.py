@@ -17,6 +17,7 @@ batch size B with every row active:
   match the folded predictor's;
 * talker: one talker step over the KV pool (and the codec head), captured alone;
 * other: step - predictor - talker (the talker's sampling and the row updates);
+* prompt: one request's prompt built once its voice is known (a clone's cached);
 * prefill: B prompts admitted together, as admission runs them (one replay
   at a padded shape on a GPU), and the same prefill op by op (eager);
 * codec: one round's decode of B 12-frame chunks as the scheduler runs it (a
@@ -74,7 +75,9 @@ def _timer(device: torch.device) -> Callable[[Callable[[], None], int], float]:
 @torch.inference_mode()
 def profile(runtime: Any, sizes: list[int], repeats: int, eager: Any = None, compiled: Any = None) -> list[dict[str, Any]]:
     batch, codec = runtime.batch, runtime.codec
-    prompt = runtime.prompts.build(_voice(runtime.kind), TEXT, "english")
+    voice = _voice(runtime.kind)
+    prompt = runtime.prompts.build(voice, TEXT, "english")  # a clone's first build encodes its reference
+    prompt_ms = _prompt_ms(runtime, voice)
     time_ms = _timer(batch.device)
     rows_out = []
     for size in [s for s in sizes if s <= batch.rows]:
@@ -99,7 +102,7 @@ def profile(runtime: Any, sizes: list[int], repeats: int, eager: Any = None, com
                 compiled = None
         figures["talker_ms"] = time_ms(talker, repeats)
         figures["other_ms"] = figures["step_ms"] - figures["predictor_ms"] - figures["talker_ms"]
-        figures["prefill_ms"], figures["eager_prefill_ms"] = prefill_ms, eager_prefill_ms
+        figures["prefill_ms"], figures["eager_prefill_ms"], figures["prompt_ms"] = prefill_ms, eager_prefill_ms, prompt_ms
         figures["codec_ms"] = _codec_ms(codec, size, batch.device)
         figures["eager_codec_ms"] = _codec_ms(codec, size, batch.device, eager=True)
         figures["first_chunk_ms"] = _codec_ms(codec, size, batch.device, frames=2)  # every stream's first chunk at once
@@ -119,6 +122,16 @@ def _voice(kind: str) -> Any:
     from .qwen_compare import reference_audio
 
     return Voice(design=INSTRUCT) if kind == "design" else Voice(reference=Reference(reference_audio(), key="profile"))
+
+
+def _prompt_ms(runtime: Any, voice: Any, repeats: int = 5) -> float:
+    """A request's prompt as the engine builds it once its voice is known (a clone's prompt cached): median ms."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        runtime.prompts.build(voice, TEXT, "english")
+        times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times)
 
 
 def _eager_prefill_ms(batch: Any, rows: list[int], prompts: list[Any]) -> float:
@@ -200,6 +213,11 @@ def table(rows: list[dict[str, Any]], kind: str, codec: str) -> str:
             f"| {r['prefill_ms']:.1f} | {r['eager_prefill_ms']:.1f} | {r['codec_ms']:.1f} | {r['eager_codec_ms']:.1f} | {r['first_chunk_ms']:.1f} "
             f"| {r['step_ms'] / r['batch']:.3f} |"
         )
+    one = next((r for r in rows if r["batch"] == 1), None)
+    if one is not None:
+        parts = {"prompt": one["prompt_ms"], "prefill": one["prefill_ms"], "2 steps": 2 * one["step_ms"], "first chunk": one["first_chunk_ms"]}
+        lines += ["", "First audio at one stream, from its parts (ms; the scheduler's first chunk is 2 frames): "
+                  + " + ".join(f"{k} {v:.1f}" for k, v in parts.items()) + f" = **{sum(parts.values()):.1f}**"]  # fmt: skip
     return "\n".join(lines)
 
 
