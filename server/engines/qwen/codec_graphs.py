@@ -15,7 +15,8 @@ so ``GraphedCodecBatch`` captures it per shape and replays it:
   end;
 * inputs go into the shape's fixed buffers, the replay writes the audio into
   the shape's fixed output, and one copy brings it to the host;
-* a round larger than every shape (a chunk over 12 frames) decodes eagerly.
+* a round larger than every shape (a chunk over 12 frames) decodes eagerly,
+  and so does every round if a capture fails at start (it is logged).
 
 Every graph shares one memory pool, the model's decode batch's: they run one
 at a time, on the model's thread, and keep nothing between replays, so the
@@ -26,6 +27,7 @@ against the unpadded decode.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,8 @@ import torch
 
 from .codec import CodecBatch
 from .graphs import BATCH_BUCKETS, Replay, bucket, buckets
+
+logger = logging.getLogger("minestream.qwen")
 
 FRAME_BUCKETS = (2, 4, 8, 12)
 """Chunk lengths a graph is captured for: the chunk schedule's sizes (2, 4, 8, then 12 frames)."""
@@ -80,10 +84,15 @@ class GraphedCodecBatch(CodecBatch):
         """
         if self.device.type == "cuda" and self._pool is None:
             self._pool = pool if pool is not None else torch.cuda.graph_pool_handle()
-        for batch in self.batch_buckets:
-            for frames in self.frame_buckets:
-                self._shape(batch, frames)
-        self._reset(self.scratch_row)
+        try:
+            for batch in self.batch_buckets:
+                for frames in self.frame_buckets:
+                    self._shape(batch, frames)
+        except Exception:  # the model still serves: its codec decodes eagerly, as without graphs
+            logger.exception("codec graph capture failed; the codec decodes eagerly")
+            self.graphs, self._shapes = False, {}
+        finally:
+            self._reset(self.scratch_row)
 
     @torch.inference_mode()
     def decode(self, rows: Sequence[int], chunks: Sequence[torch.Tensor]) -> list[np.ndarray]:
