@@ -31,8 +31,8 @@ one with a symbolic batch size, whatever buckets the batch captures.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,7 +58,7 @@ class CompiledCodePredictor(FoldedCodePredictor):
         self.tables = list(self.table_stack.unbind())  # views: the tables are held once
         self.codebooks = torch.arange(self.groups, device=self.device)
         self.key_positions = torch.arange(self.groups + 1, device=self.device)
-        compile = _compiler(backend or os.environ.get(BACKEND_VARIABLE) or "inductor")
+        compile = functools.partial(torch.compile, backend=backend or os.environ.get(BACKEND_VARIABLE) or "inductor", fullgraph=True)
         self.first, self.step, self.last = compile(self._first), compile(self._step), compile(self._sample)
 
     def __call__(
@@ -115,9 +115,3 @@ def _pick(stack: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     """``stack`` at a position along ``dim`` given as a 0-d device tensor (plain indexing would read it on the host)."""
     return stack.index_select(dim, index.view(1)).squeeze(dim)
 
-
-def _compiler(backend: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def compile(fn: Callable[..., Any]) -> Callable[..., Any]:
-        return torch.compile(fn, backend=backend, fullgraph=True)
-
-    return compile
