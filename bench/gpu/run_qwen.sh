@@ -13,9 +13,10 @@
 #   4. the load table (bench/qwen_load.py): clone at 1, 8, 16, 32, 64 streams, design at 1 and 64,
 #      32 design + 32 clone at once; EOS suppressed at 48 frames; engine start captures the graphs;
 #   5. faster-qwen3-tts 0.3.2 beside it (one request at a time): clone at 1 and 16 streams, design at 1;
-#   6. the step profile by batch size (bench/qwen_profile.py): predictor (folded, eager, compiled), talker,
-#      prefill, codec;
-#   7. the load again with the compiled predictor (clone at 1 and 64 streams), if time is left;
+#   6. the step profile by batch size (bench/qwen_profile.py): predictor (folded, eager), talker,
+#      prefill, codec (replayed and eager), first audio from its parts;
+#   7. where time is left: the compiled predictor's profile (batch 1 and 64), its parity tests, and
+#      the load with it (clone at 1 and 64 streams);
 #   8. results.md: every table, the GPU's name, the versions.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,14 +38,14 @@ if [ "$MODE" = dry ]; then
   OUT=${1:-$(mktemp -d /tmp/qwen-gpu-dry-XXXX)}
   PY=${PYTHON:-python3}
   SIZE=tiny; DEVICE=cpu; FRAMES=8; MODELS=/tmp/qwen-dry-tiny
-  LEVELS="clone:1,2 design:1 mixed:1+1"; COMPILED_LEVELS="clone:1,2"; WINDOW=2; WARMUP=0.5; BATCHES=1,2,4
+  LEVELS="clone:1,2 design:1 mixed:1+1"; COMPILED_LEVELS="clone:1,2"; COMPILED_BATCHES=1,2; WINDOW=2; WARMUP=0.5; BATCHES=1,2,4
   SCALE=3  # the CPU is slow: longer limits
   export MINESTREAM_COMPILE_BACKEND=aot_eager  # the compiled predictor's graphs without a minute of C++ compiling
 else
   OUT=${OUT:-${1:-bench/out/qwen-gpu}}
   PY=python3
   SIZE=1.7b; DEVICE=cuda:0; FRAMES=48; MODELS=/tmp/q17
-  LEVELS="clone:1,8,16,32,64 design:1,64 mixed:32+32"; COMPILED_LEVELS="clone:1,64"; WINDOW=6; WARMUP=2; BATCHES=1,8,16,32,64
+  LEVELS="clone:1,8,16,32,64 design:1,64 mixed:32+32"; COMPILED_LEVELS="clone:1,64"; COMPILED_BATCHES=1,64; WINDOW=6; WARMUP=2; BATCHES=1,8,16,32,64
   SCALE=1
 fi
 mkdir -p "$OUT"
@@ -94,10 +95,15 @@ for name in ("transformers", "tokenizers", "huggingface_hub", "accelerate", "qwe
         print(name, "unavailable:", type(exc).__name__, str(exc)[:120])
 EOF
 
-# float32 on the GPU with the step graphs captured: the codes must still equal upstream's
-step tests 150 env MINESTREAM_QWEN_DEVICE=$DEVICE $PY -m pytest --noconftest -q -x -p no:cacheprovider \
-  tests/test_qwen_batch.py tests/test_qwen_codec.py -k "together or generator or company or reused or folded or compiled or padding" -o addopts="" --junitxml="$OUT/pytest.xml"
-[ -f "$OUT/pytest.xml" ] && { grep -o 'tests="[0-9]*"\|failures="[0-9]*"\|errors="[0-9]*"' "$OUT/pytest.xml" | tr '\n' ' '; echo; } > "$OUT/pytest.log" && rm "$OUT/pytest.xml"
+# float32 on the GPU with the step and codec graphs captured: the codes must still equal upstream's
+# (the compiled predictor's tests come later, where time is left: Inductor compiles for minutes).
+parity() {  # parity NAME LIMIT_S -k EXPRESSION: the tests' counts appended to pytest.log
+  step "$1" "$2" env MINESTREAM_QWEN_DEVICE=$DEVICE $PY -m pytest --noconftest -q -x -p no:cacheprovider \
+    tests/test_qwen_batch.py tests/test_qwen_codec.py -k "$3" -o addopts="" --junitxml="$OUT/pytest.xml"
+  [ -f "$OUT/pytest.xml" ] && { echo -n "$1: "; grep -o 'tests="[0-9]*"\|failures="[0-9]*"\|errors="[0-9]*"' "$OUT/pytest.xml" | tr '\n' ' '; echo; } >> "$OUT/pytest.log" && rm "$OUT/pytest.xml"
+}
+rm -f "$OUT/pytest.log"
+parity tests 150 "(together or generator or company or reused or folded or padding) and not compiled"
 
 step build 120 $PY -m bench.qwen_models "$SIZE" "$MODELS"
 DIRS=(--design-model "$MODELS/design" --base-model "$MODELS/base")
@@ -110,15 +116,19 @@ step faster-clone 100 $PY -m bench.qwen_engine "${DIRS[@]}" --runners faster --v
 step faster-design 60 $PY -m bench.qwen_engine "${DIRS[@]}" --runners faster --voices design --streams 1 --frames "$FRAMES" \
   --suppress-eos --first-chunk 2 --results "$OUT/faster-design.md"
 
-step profile 240 $PY -m bench.qwen_profile "${DIRS[@]}" --kind base --batch "$BATCHES" --repeats 20 --compiled --out "$OUT"
+step profile 120 $PY -m bench.qwen_profile "${DIRS[@]}" --kind base --batch "$BATCHES" --repeats 20 --out "$OUT"
 
-# The load again with the compiled predictor, where time is left: one stream, then 64.
-if (( $(date +%s) - started < 330 * SCALE )); then
-  step load-compiled 120 $PY -m bench.qwen_load "${DIRS[@]}" --suppress-eos --frames "$FRAMES" --levels $COMPILED_LEVELS \
-    --warmup "$WARMUP" --window "$WINDOW" --predictor compiled --out "$OUT/compiled"
-else
-  echo "== load-compiled: skipped, $(( $(date +%s) - started ))s gone" | tee -a "$LOG"
-fi
+# The compiled predictor, where time is left (each step only if the run is young enough to fit it):
+# its profile beside the folded one, its parity tests, the load with it at one stream and at 64.
+if_time() {  # if_time BEFORE_S STEP...: the step only if fewer than BEFORE_S seconds are gone
+  local before=$(( $1 * SCALE )); shift
+  if (( $(date +%s) - started < before )); then "$@"; else echo "== $2: skipped, $(( $(date +%s) - started ))s gone" | tee -a "$LOG"; fi
+}
+if_time 330 step profile-compiled 120 $PY -m bench.qwen_profile "${DIRS[@]}" --kind base --batch "$COMPILED_BATCHES" --repeats 20 \
+  --compiled --out "$OUT/compiled"
+if_time 380 parity compiled-tests 80 "compiled"
+if_time 380 step load-compiled 90 $PY -m bench.qwen_load "${DIRS[@]}" --suppress-eos --frames "$FRAMES" --levels $COMPILED_LEVELS \
+  --warmup "$WARMUP" --window "$WINDOW" --predictor compiled --out "$OUT/compiled"
 
 {
   echo "# Qwen engine GPU run ($MODE)"
@@ -128,6 +138,8 @@ fi
   echo; echo "## faster-qwen3-tts 0.3.2 (bench.qwen_engine --runners faster)"; echo
   cat "$OUT/faster-clone.md" "$OUT/faster-design.md" 2>/dev/null || echo "none"
   echo; echo "## Step profile (bench.qwen_profile)"; echo; cat "$OUT/profile.md" 2>/dev/null || echo "none"
+  echo; echo "## The compiled predictor's profile (bench.qwen_profile --compiled)"; echo
+  cat "$OUT/compiled/profile.md" 2>/dev/null || echo "none"
   echo; echo "## Load with the compiled predictor (bench.qwen_load --predictor compiled)"; echo
   cat "$OUT/compiled/load.md" 2>/dev/null || echo "none"
   echo; echo "total $(( $(date +%s) - started ))s"
