@@ -165,6 +165,7 @@ async def engine_speaker(args: argparse.Namespace) -> AsyncIterator[tuple[Speak,
     engine = QwenEngine(
         args.design_model, args.base_model, device=args.device, dtype=args.dtype, generation=generation,
         max_frames=max(args.frames or 0, 1500), rows=args.rows, decode=args.decode, predictor=args.predictor,
+        talker=args.talker,
     )  # fmt: skip
     await engine.start()
     if args.suppress_eos:
@@ -314,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
     add("--rows", type=int, default=64, help="decode rows per model at most")
     add("--decode", default="auto", choices=["auto", "graphs", "eager"])
     add("--predictor", default="folded", choices=["folded", "compiled", "eager"], help="the engine's code predictor (in process only)")
+    add("--talker", default="modules", choices=["modules", "compiled"], help="the engine's talker step (in process only)")
     add("--frames", type=int, help="frames per utterance (with --suppress-eos: exactly)")
     add("--suppress-eos", action="store_true")
     add("--levels", nargs="+", default=["design:1,16"], help="design:N,.. clone:N,.. mixed:A+B")

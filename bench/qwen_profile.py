@@ -14,7 +14,7 @@ batch size B with every row active:
   the same inputs and draws (1.0 in float32; bf16 rounds the folded weights);
 * compiled predictor (``--compiled``): the folded loop under ``torch.compile``
   (``CompiledCodePredictor``), captured alone, and the share of its codes that
-  match the folded predictor's;
+  match the folded predictor's; and the talker step under ``torch.compile``;
 * talker: one talker step over the KV pool (and the codec head), captured alone;
 * other: step - predictor - talker (the talker's sampling and the row updates);
 * prompt: one request's prompt built once its voice is known (a clone's cached);
@@ -73,7 +73,9 @@ def _timer(device: torch.device) -> Callable[[Callable[[], None], int], float]:
 
 
 @torch.inference_mode()
-def profile(runtime: Any, sizes: list[int], repeats: int, eager: Any = None, compiled: Any = None) -> list[dict[str, Any]]:
+def profile(
+    runtime: Any, sizes: list[int], repeats: int, eager: Any = None, compiled: Any = None, compiled_talker: Callable[..., Any] | None = None
+) -> list[dict[str, Any]]:
     batch, codec = runtime.batch, runtime.codec
     voice = _voice(runtime.kind)
     prompt = runtime.prompts.build(voice, TEXT, "english")  # a clone's first build encodes its reference
@@ -101,6 +103,12 @@ def profile(runtime: Any, sizes: list[int], repeats: int, eager: Any = None, com
                 print(f"profile: the compiled predictor failed at batch {size}: {type(exc).__name__}: {exc}", flush=True)
                 compiled = None
         figures["talker_ms"] = time_ms(talker, repeats)
+        if compiled_talker is not None:
+            try:
+                figures["compiled_talker_ms"] = time_ms(Replay(_talker_call(batch, size, keys, compiled_talker), batch.device, graphs=batch.graphs), repeats)
+            except Exception as exc:  # as for the compiled predictor
+                print(f"profile: the compiled talker failed at batch {size}: {type(exc).__name__}: {exc}", flush=True)
+                compiled_talker = None
         figures["other_ms"] = figures["step_ms"] - figures["predictor_ms"] - figures["talker_ms"]
         figures["prefill_ms"], figures["eager_prefill_ms"], figures["prompt_ms"] = prefill_ms, eager_prefill_ms, prompt_ms
         figures["codec_ms"] = _codec_ms(codec, size, batch.device)
@@ -167,12 +175,13 @@ def _agreement(batch: Any, size: int, others: list[Any], frames: int = 8) -> lis
     return [n / total for n in same]
 
 
-def _talker_call(batch: Any, size: int, keys: int) -> Callable[[], None]:
+def _talker_call(batch: Any, size: int, keys: int, step: Callable[..., Any] | None = None) -> Callable[[], None]:
     x = batch.last_hidden[:size].clone()
     positions = batch.position[:size].clone()  # writes where the next step will write anyway
+    step = step or batch.stack.step
 
     def run() -> None:
-        batch.codec_head(batch.stack.step(x, positions, keys))
+        batch.codec_head(step(x, positions, keys))
 
     return run
 
@@ -202,14 +211,15 @@ def table(rows: list[dict[str, Any]], kind: str, codec: str) -> str:
         f"One {kind} decode step by batch size (ms; every row active; codec {codec}):",
         "",
         "| batch | keys | step | predictor (folded) | eager predictor | codes agree | compiled predictor | codes agree (compiled) "
-        "| talker | other | prefill (B prompts) | eager prefill | codec (B x 12 frames) | eager codec | codec (B x 2 frames) | step ms / row |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| talker | compiled talker | other | prefill (B prompts) | eager prefill | codec (B x 12 frames) | eager codec | codec (B x 2 frames) | step ms / row |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         eager = f"{r['eager_predictor_ms']:.2f} | {r['agreement']:.4f}" if "agreement" in r else "- | -"
         compiled = f"{r['compiled_predictor_ms']:.2f} | {r['compiled_agreement']:.4f}" if "compiled_agreement" in r else "- | -"
+        talker = f"{r['compiled_talker_ms']:.2f}" if "compiled_talker_ms" in r else "-"
         lines.append(
-            f"| {r['batch']} | {r['keys']} | {r['step_ms']:.2f} | {r['predictor_ms']:.2f} | {eager} | {compiled} | {r['talker_ms']:.2f} | {r['other_ms']:.2f} "
+            f"| {r['batch']} | {r['keys']} | {r['step_ms']:.2f} | {r['predictor_ms']:.2f} | {eager} | {compiled} | {r['talker_ms']:.2f} | {talker} | {r['other_ms']:.2f} "
             f"| {r['prefill_ms']:.1f} | {r['eager_prefill_ms']:.1f} | {r['codec_ms']:.1f} | {r['eager_codec_ms']:.1f} | {r['first_chunk_ms']:.1f} "
             f"| {r['step_ms'] / r['batch']:.3f} |"
         )
@@ -231,10 +241,10 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--batch", default="1,16,64")
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--compiled", action="store_true", help="also time the compiled predictor (torch.compile: minutes of compiling on a CPU)")
+    p.add_argument("--compiled", action="store_true", help="also time the compiled predictor and talker (torch.compile: minutes of compiling on a CPU)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    from server.engines.qwen import compat
+    from server.engines.qwen import compat, compiling
     from server.engines.qwen.compiled_predictor import CompiledCodePredictor
     from server.engines.qwen.manager import ModelManager
     from server.engines.qwen.predictor import CodePredictor
@@ -257,7 +267,8 @@ def main(argv: list[str] | None = None) -> str:
         talker, plan = runtime.tts.model.talker, runtime.batch.plan
         eager = CodePredictor(talker, args.rows, top_p=plan.predictor_top_p, top_k=plan.predictor_top_k)
         compiled = CompiledCodePredictor(talker, args.rows, top_p=plan.predictor_top_p, top_k=plan.predictor_top_k) if args.compiled else None
-        rows = profile(runtime, [int(b) for b in args.batch.split(",")], args.repeats, eager, compiled)
+        compiled_talker = compiling.compiled(runtime.batch.stack.step) if args.compiled else None
+        rows = profile(runtime, [int(b) for b in args.batch.split(",")], args.repeats, eager, compiled, compiled_talker)
     text = table(rows, args.kind, type(runtime.codec).__name__)
     print(text)
     if args.out is not None:

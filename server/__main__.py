@@ -94,6 +94,7 @@ def _parser() -> _Options:
     add("--qwen-decode", choices=("auto", "graphs", "eager"), default="auto", help="auto: the batched step as CUDA graphs on a GPU")
     add("--qwen-predictor", choices=("folded", "compiled", "eager"), default="folded",
         help="the code predictor over folded weights, the same under torch.compile (compiles at start), or upstream's modules (the reference)")
+    add("--qwen-talker", choices=("modules", "compiled"), default="modules", help="the talker step as upstream's modules, or under torch.compile")
     add("--preview-workers", type=int, help="preview engine worker threads (default: one per core, at most 4)")
     add("--preview-threads", type=int, default=Settings.preview_threads, help="threads per preview worker")
     add("--database-url", help="voice library database, e.g. postgresql+asyncpg://user:pass@host/db (default: SQLite in the data dir)")
@@ -171,6 +172,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         base_model=args.base_model,
         qwen_decode=args.qwen_decode,
         qwen_predictor=args.qwen_predictor,
+        qwen_talker=args.qwen_talker,
         preview_workers=args.preview_workers,
         preview_threads=args.preview_threads,
         token=token,

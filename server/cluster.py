@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--base-model", default=Settings.base_model)
     add("--qwen-decode", choices=("auto", "graphs", "eager"), default="auto")
     add("--qwen-predictor", choices=("folded", "compiled", "eager"), default="folded")
+    add("--qwen-talker", choices=("modules", "compiled"), default="modules")
     add("--preview-workers", type=int, default=1, help="Piper workers per preview replica (default 1)")
     add("--preview-threads", type=int, default=Settings.preview_threads)
     add("--address-file", type=Path, help="write the address fronts connect to here once the replicas run")
@@ -65,6 +66,7 @@ def engine_settings(args: argparse.Namespace) -> Settings:
         base_model=args.base_model,
         qwen_decode=args.qwen_decode,
         qwen_predictor=args.qwen_predictor,
+        qwen_talker=args.qwen_talker,
         preview_workers=args.preview_workers,
         preview_threads=args.preview_threads,
     )

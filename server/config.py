@@ -64,6 +64,8 @@ class Settings:
     qwen_predictor: str = "folded"
     """Qwen code predictor: folded weights ("folded"), the same under torch.compile ("compiled"), or upstream's
     modules one by one ("eager", the reference)."""
+    qwen_talker: str = "modules"
+    """Qwen talker step: upstream's modules over the batch's KV pool ("modules"), or the same under torch.compile ("compiled")."""
     preview_workers: int | None = None
     preview_threads: int = 2
     """Threads per Piper instance: 2 halves a lone sentence's latency on 2 cores; 1 is leaner under heavy load."""

@@ -31,7 +31,8 @@ from transformers.generation.logits_process import (  # noqa: E402
 from server.engines.base import SAMPLE_RATE  # noqa: E402
 from server.engines.qwen import compat  # noqa: E402
 from server.engines.qwen.batch import Admission, DecodeBatch  # noqa: E402
-from server.engines.qwen.compiled_predictor import BACKEND_VARIABLE, CompiledCodePredictor  # noqa: E402
+from server.engines.qwen.compiled_predictor import CompiledCodePredictor  # noqa: E402
+from server.engines.qwen.compiling import BACKEND_VARIABLE  # noqa: E402
 from server.engines.qwen.folded_predictor import FoldedCodePredictor  # noqa: E402
 from server.engines.qwen.manager import folded_bytes, plan_memory, row_bytes  # noqa: E402
 from server.engines.qwen.noise import CounterNoise  # noqa: E402
@@ -139,9 +140,14 @@ def _drive(batch: DecodeBatch, streams: list[tuple[int, str, Admission]]) -> dic
     raise AssertionError("the streams did not end")
 
 
-@pytest.mark.parametrize("model,predictor", [("design", "folded"), ("base", "folded"), ("design", "eager"), ("base", "compiled")])
-def test_rows_decoded_together_equal_one_by_one_and_upstream(upstream: tuple[Any, Any], cases: dict[str, Case], model: str, predictor: str) -> None:
-    """Greedy: different prompt lengths, rows joining and leaving mid-stream, more streams than rows; every predictor."""
+@pytest.mark.parametrize(
+    "model,predictor,talker", [("design", "folded", "modules"), ("base", "folded", "modules"), ("design", "eager", "modules"), ("base", "compiled", "compiled")]
+)
+def test_rows_decoded_together_equal_one_by_one_and_upstream(
+    upstream: tuple[Any, Any], cases: dict[str, Case], model: str, predictor: str, talker: str
+) -> None:
+    """Greedy: different prompt lengths, rows joining and leaving mid-stream, more streams than rows; every predictor,
+    and the compiled talker step."""
     names = ("short", "medium", "long") if model == "design" else ("xvec", "icl", "icl-long")
     mine = {name: cases[name] for name in names}
     tts = upstream[0] if model == "design" else upstream[1]
@@ -149,9 +155,9 @@ def test_rows_decoded_together_equal_one_by_one_and_upstream(upstream: tuple[Any
     admissions = {name: Admission(_prompt(tts, method, kw, GREEDY), caps[name]) for name, (_, method, kw) in mine.items()}
     assert len({a.prompt.length for a in admissions.values()}) == len(admissions)  # every prompt length differs
     schedule = [(2 * i, name, a) for i, (name, a) in enumerate(admissions.items())]
-    together = _drive(_batch(tts, GREEDY, rows=2, predictor=predictor), schedule)
+    together = _drive(_batch(tts, GREEDY, rows=2, predictor=predictor, talker=talker), schedule)
     for name, admission in admissions.items():
-        alone = _drive(_batch(tts, GREEDY, rows=1, predictor=predictor), [(0, name, admission)])[name]
+        alone = _drive(_batch(tts, GREEDY, rows=1, predictor=predictor, talker=talker), [(0, name, admission)])[name]
         _, method, kw = mine[name]
         expected, _ = qwen_tiny.upstream_generate(tts, method, **kw, **GREEDY, max_new_tokens=caps[name] + 1)
         assert alone.shape == (caps[name], 16)

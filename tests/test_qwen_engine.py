@@ -324,7 +324,7 @@ def test_runtimes_are_made_at_start_not_in_the_first_request(qwen_tiny_models) -
     rows = run_engine(qwen_tiny_models, body, rows=8, memory_budget_bytes=1 << 34)
     graphs = 0 if DEVICE == "cpu" else 4 * 4  # batch buckets 1..8 by key buckets 256..2048
     assert {k: {**r, "codec": "?"} for k, r in rows.items()} == {
-        k: {"rows_in_use": 0, "rows_total": 8, "max_len": 2048, "graphs": graphs, "steps": 0, "codec": "?", "predictor": "FoldedCodePredictor",
+        k: {"rows_in_use": 0, "rows_total": 8, "max_len": 2048, "graphs": graphs, "steps": 0, "codec": "?", "predictor": "FoldedCodePredictor", "talker": "modules",
             "codec_graphs": 0 if DEVICE == "cpu" else 4 * 4}  # batch buckets 1..8 by chunk lengths 2, 4, 8, 12
         for k in ("design", "base")
     }

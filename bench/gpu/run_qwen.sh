@@ -15,8 +15,8 @@
 #   5. faster-qwen3-tts 0.3.2 beside it (one request at a time): clone at 1 and 16 streams, design at 1;
 #   6. the step profile by batch size (bench/qwen_profile.py): predictor (folded, eager), talker,
 #      prefill, codec (replayed and eager), first audio from its parts;
-#   7. where time is left: the compiled predictor's profile (batch 1 and 64), its parity tests, and
-#      the load with it (clone at 1 and 64 streams);
+#   7. where time is left: the compiled predictor's and talker's profile (batch 1 and 64), their
+#      parity tests, and the load with both (clone at 1 and 64 streams);
 #   8. results.md: every table, the GPU's name, the versions.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,7 +40,7 @@ if [ "$MODE" = dry ]; then
   SIZE=tiny; DEVICE=cpu; FRAMES=8; MODELS=/tmp/qwen-dry-tiny
   LEVELS="clone:1,2 design:1 mixed:1+1"; COMPILED_LEVELS="clone:1,2"; COMPILED_BATCHES=1,2; WINDOW=2; WARMUP=0.5; BATCHES=1,2,4
   SCALE=3  # the CPU is slow: longer limits
-  export MINESTREAM_COMPILE_BACKEND=aot_eager  # the compiled predictor's graphs without a minute of C++ compiling
+  export MINESTREAM_COMPILE_BACKEND=aot_eager  # the compiled predictor and talker's graphs without a minute of C++ compiling
 else
   OUT=${OUT:-${1:-bench/out/qwen-gpu}}
   PY=python3
@@ -128,7 +128,7 @@ if_time 330 step profile-compiled 120 $PY -m bench.qwen_profile "${DIRS[@]}" --k
   --compiled --out "$OUT/compiled"
 if_time 380 parity compiled-tests 80 "compiled"
 if_time 380 step load-compiled 90 $PY -m bench.qwen_load "${DIRS[@]}" --suppress-eos --frames "$FRAMES" --levels $COMPILED_LEVELS \
-  --warmup "$WARMUP" --window "$WINDOW" --predictor compiled --out "$OUT/compiled"
+  --warmup "$WARMUP" --window "$WINDOW" --predictor compiled --talker compiled --out "$OUT/compiled"
 
 {
   echo "# Qwen engine GPU run ($MODE)"
@@ -138,9 +138,9 @@ if_time 380 step load-compiled 90 $PY -m bench.qwen_load "${DIRS[@]}" --suppress
   echo; echo "## faster-qwen3-tts 0.3.2 (bench.qwen_engine --runners faster)"; echo
   cat "$OUT/faster-clone.md" "$OUT/faster-design.md" 2>/dev/null || echo "none"
   echo; echo "## Step profile (bench.qwen_profile)"; echo; cat "$OUT/profile.md" 2>/dev/null || echo "none"
-  echo; echo "## The compiled predictor's profile (bench.qwen_profile --compiled)"; echo
+  echo; echo "## The compiled predictor's and talker's profile (bench.qwen_profile --compiled)"; echo
   cat "$OUT/compiled/profile.md" 2>/dev/null || echo "none"
-  echo; echo "## Load with the compiled predictor (bench.qwen_load --predictor compiled)"; echo
+  echo; echo "## Load with the compiled predictor and talker (bench.qwen_load --predictor compiled --talker compiled)"; echo
   cat "$OUT/compiled/load.md" 2>/dev/null || echo "none"
   echo; echo "total $(( $(date +%s) - started ))s"
 } > "$OUT/results.md"

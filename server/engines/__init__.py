@@ -25,7 +25,8 @@ def create_engine(settings: Settings) -> Engine:
     if choice == "qwen":
         from .qwen import QwenEngine
 
-        return QwenEngine(settings.design_model, settings.base_model, decode=settings.qwen_decode, predictor=settings.qwen_predictor, cache_dir=settings.cache_dir)
+        return QwenEngine(settings.design_model, settings.base_model, decode=settings.qwen_decode, predictor=settings.qwen_predictor,
+                          talker=settings.qwen_talker, cache_dir=settings.cache_dir)
     if choice == "preview":
         from .preview import PreviewEngine
 

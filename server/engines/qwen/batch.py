@@ -43,6 +43,7 @@ import torch
 
 from ...errors import EngineError
 from .compiled_predictor import CompiledCodePredictor
+from .compiling import compiled
 from .folded_predictor import FoldedCodePredictor
 from .graphs import BATCH_BUCKETS, KEY_BUCKETS, PREFILL_GRAPH_POSITIONS, PREFILL_LENGTH_BUCKETS, Replay, bucket, buckets
 from .layers import TalkerStack
@@ -57,6 +58,8 @@ logger = logging.getLogger("minestream.qwen")
 PREDICTORS: dict[str, Callable[..., Predictor]] = {"folded": FoldedCodePredictor, "compiled": CompiledCodePredictor, "eager": CodePredictor}
 """The code predictor's forms: folded weights (the server's), the same compiled (``torch.compile``), upstream's
 modules one by one (the reference)."""
+TALKERS = ("modules", "compiled")
+"""The talker step: upstream's modules over the batch's KV pool (``layers.TalkerStack``), or the same compiled."""
 
 
 @dataclass(frozen=True)
@@ -83,25 +86,30 @@ class DecodeBatch:
         graphs: bool = True,
         noise: str = "counter",
         predictor: str = "folded",
+        talker: str = "modules",
         prefill_graph_positions: int = PREFILL_GRAPH_POSITIONS,
     ) -> None:
         if noise not in ("counter", "generator"):
             raise ValueError(f"noise must be counter or generator, not {noise!r}")
         if predictor not in PREDICTORS:
             raise ValueError(f"predictor must be one of {', '.join(PREDICTORS)}, not {predictor!r}")
-        talker = tts.model.talker
-        config = talker.config
-        weight = talker.codec_head.weight
+        if talker not in TALKERS:
+            raise ValueError(f"talker must be one of {', '.join(TALKERS)}, not {talker!r}")
+        model = tts.model.talker
+        config = model.config
+        weight = model.codec_head.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.rows, self.max_len, self.max_text = rows, max_len, max_text
         self.plan = plan
         self.graphs = graphs and self.device.type == "cuda"
         self.vocab = config.vocab_size
         self.groups = config.num_code_groups - 1
-        self.codec_head = talker.codec_head
-        self.stack = TalkerStack(talker, rows, max_len)
-        self.predictor = PREDICTORS[predictor](talker, rows, top_p=plan.predictor_top_p, top_k=plan.predictor_top_k)
-        self.predictor_vocab = predictor_vocab = talker.code_predictor.config.vocab_size
+        self.codec_head = model.codec_head
+        self.stack = TalkerStack(model, rows, max_len)
+        self.talker_form = talker
+        self.talker_step = compiled(self.stack.step) if talker == "compiled" else self.stack.step
+        self.predictor = PREDICTORS[predictor](model, rows, top_p=plan.predictor_top_p, top_k=plan.predictor_top_k)
+        self.predictor_vocab = predictor_vocab = model.code_predictor.config.vocab_size
         self.batch_buckets = buckets(BATCH_BUCKETS, rows)
         self.key_buckets = buckets(KEY_BUCKETS, max_len)
         on = {"device": self.device}
@@ -345,9 +353,9 @@ class DecodeBatch:
 
         Call it while no row is active: a padding-only step changes no row's
         state, and the prefills' warm-ups only touch rows that admission resets.
-        A compiled predictor traces its functions here too, with or without graphs.
+        A compiled predictor or talker step traces here too, with or without graphs.
         """
-        self._trace_predictor()
+        self._trace_compiled()
         if not self.graphs:
             return
         if self._length:
@@ -367,15 +375,20 @@ class DecodeBatch:
             self.active.zero_()
 
     @torch.inference_mode()
-    def _trace_predictor(self) -> None:
-        """A compiled predictor traces at its first calls, at one row and at more (a symbolic batch size):
-        at start, then, rather than at the first streams' first frames (a minute, on a CPU)."""
-        if not isinstance(self.predictor, CompiledCodePredictor):
-            return
+    def _trace_compiled(self) -> None:
+        """Compiled code traces at its first calls, at one row and at more (a symbolic batch size), and the talker
+        step at each key bucket: at start, then, not at the first streams' frames (a minute, on a CPU). The
+        talker's warm-up writes only the last cache position, as padding rows do."""
         for rows in sorted({1, min(2, self.rows)}):
             index = slice(0, rows)
-            noise = None if self.predictor_noise is None else self.predictor_noise[index]
-            self.predictor(self.last_hidden[index], self.last_token[index], self.predictor_settings.rows(index), noise)
+            if isinstance(self.predictor, CompiledCodePredictor):
+                noise = None if self.predictor_noise is None else self.predictor_noise[index]
+                self.predictor(self.last_hidden[index], self.last_token[index], self.predictor_settings.rows(index), noise)
+            if self.talker_form == "compiled":
+                # Inputs made here, as a step makes its own (inference tensors): a trace is kept only for its kind.
+                x, last = self.last_hidden[index].clone(), torch.full((rows,), self.max_len - 1, device=self.device)
+                for keys in self.key_buckets:
+                    self.talker_step(x, last, keys)
 
     @property
     def graph_pool(self) -> Any:
@@ -440,7 +453,7 @@ class DecodeBatch:
         text = self.text[index, step.clamp(max=self.max_text - 1)]
         text = torch.where((step < self.text_len[rows])[:, None], text, self.pad[rows, 0])
         positions = torch.where(active, self.position[rows], self.max_len - 1)
-        hidden = self.stack.step(embeds + text[:, None], positions, keys)
+        hidden = self.talker_step(embeds + text[:, None], positions, keys)
         logits = self.codec_head(hidden)[:, -1].float()
         scores = penalize(logits, self.seen[rows], self.sampled[rows], self.penalties.rows(rows))
         tnoise = None if self.talker_noise is None else self.talker_noise[rows]

@@ -31,21 +31,15 @@ one with a symbolic batch size, whatever buckets the batch captures.
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .compiling import compiled
 from .folded_predictor import FoldedCodePredictor
 from .layers import normalise
 from .sampling import Settings, choose
-
-BACKEND_VARIABLE = "MINESTREAM_COMPILE_BACKEND"
-"""The environment variable that names ``torch.compile``'s backend: ``inductor`` (the default: generated,
-fused kernels) or ``aot_eager`` (the same traced graphs run op by op, in seconds instead of a minute of
-compiling on a CPU: how the CPU tests check the traced loop)."""
 
 
 class CompiledCodePredictor(FoldedCodePredictor):
@@ -58,8 +52,9 @@ class CompiledCodePredictor(FoldedCodePredictor):
         self.tables = list(self.table_stack.unbind())  # views: the tables are held once
         self.codebooks = torch.arange(self.groups, device=self.device)
         self.key_positions = torch.arange(self.groups + 1, device=self.device)
-        compile = functools.partial(torch.compile, backend=backend or os.environ.get(BACKEND_VARIABLE) or "inductor", fullgraph=True)
-        self.first, self.step, self.last = compile(self._first), compile(self._step), compile(self._sample)
+        self.first = compiled(self._first, backend)
+        self.step = compiled(self._step, backend)
+        self.last = compiled(self._sample, backend)
 
     def __call__(
         self, past_hidden: torch.Tensor, token: torch.Tensor, settings: Settings, noise: torch.Tensor | None

@@ -65,6 +65,7 @@ class QwenEngine(Engine):
         decode: str = "auto",
         noise: str = "counter",
         predictor: str = "folded",
+        talker: str = "modules",
         codec: str = "auto",
         cache_dir: Path | None = None,
     ) -> None:
@@ -74,7 +75,8 @@ class QwenEngine(Engine):
         "generator" (one torch.Generator per row, in upstream's order: a reference). ``predictor``:
         "folded" (the code predictor over folded weights), "compiled" (the same under
         ``torch.compile``, compiled when the batch captures its graphs, or at the first step without
-        them) or "eager" (upstream's modules, the reference). ``codec``:
+        them) or "eager" (upstream's modules, the reference). ``talker``: "modules" (upstream's,
+        over the batch's KV pool) or "compiled" (the same step under ``torch.compile``). ``codec``:
         "window" (re-decodes 72 frames of left context per chunk), "stateful" (``codec.CodecBatch``),
         "auto" (stateful where this build has it). ``cache_dir``: where voice-clone prompts are
         kept across restarts, by the library's reference key."""
@@ -90,7 +92,7 @@ class QwenEngine(Engine):
         graphs = decode != "eager" and self.device.startswith("cuda")
         self.decode = "graphs" if graphs else "eager"
         self.settings = DecodeSettings(
-            generation=dict(generation or {}), max_len=max_len, max_text=max_text, graphs=graphs, noise=noise, predictor=predictor,
+            generation=dict(generation or {}), max_len=max_len, max_text=max_text, graphs=graphs, noise=noise, predictor=predictor, talker=talker,
             codec=codec, left_context=left_context_frames, longest_chunk=chunk_frames[1],
         )  # fmt: skip
         self.rows = rows

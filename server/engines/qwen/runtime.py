@@ -51,6 +51,7 @@ class DecodeSettings:
     graphs: bool = True
     noise: str = "counter"
     predictor: str = "folded"
+    talker: str = "modules"
     codec: str = "auto"
     left_context: int = DEFAULT_LEFT_CONTEXT
     longest_chunk: int = 12
@@ -102,6 +103,7 @@ class ModelRuntime:
             "codec": type(self.codec).__name__,
             "codec_graphs": getattr(self.codec, "graph_count", 0),
             "predictor": type(self.batch.predictor).__name__,
+            "talker": self.batch.talker_form,
         }
 
 
@@ -120,7 +122,7 @@ class RuntimeFactory:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             batch = DecodeBatch(
                 tts, SamplingPlan.from_kwargs(prompts.sampling), rows=rows, max_len=s.max_len, max_text=s.max_text, graphs=s.graphs,
-                noise=s.noise, predictor=s.predictor,
+                noise=s.noise, predictor=s.predictor, talker=s.talker,
             )
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             codec = make_codec(s.codec, tts.model.speech_tokenizer.model.decoder, rows, s.left_context, graphs=s.graphs)
