@@ -185,6 +185,18 @@ def test_streams_decoded_together_join_leave_and_reuse_rows(loud_decoder: Any, r
         assert np.abs(np.concatenate(stream["audio"]) - truth).max() < TOLERANCE
 
 
+def test_a_shape_that_cannot_be_made_at_start_leaves_the_codec_decoding_eagerly(decoder: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A failed capture (here: a frames bucket whose buffers no machine can hold) is logged, and every
+    round then decodes as the plain codec does: the model keeps serving."""
+    batch = GraphedCodecBatch(decoder, rows=2, frame_buckets=(2, 1 << 40))
+    batch.capture()
+    assert not batch.graphs and "codec graph capture failed" in caplog.text
+    plain = CodecBatch(decoder, rows=2)
+    codes = _codes(6, seed=8)
+    got, want = batch.decode([batch.admit()], [codes])[0], plain.decode([plain.admit()], [codes])[0]
+    assert batch.padded_rounds == 0 and np.array_equal(got, want)
+
+
 def test_padding_rows_with_the_scratch_row_changes_nothing(loud_decoder: Any) -> None:
     decoder = loud_decoder
     codes = _codes(30, seed=3), _codes(30, seed=4)
