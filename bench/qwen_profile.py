@@ -96,18 +96,12 @@ def profile(
         figures = {"batch": size, "keys": keys, "step_ms": time_ms(step, repeats), "predictor_ms": time_ms(predictor, repeats)}
         if eager is not None:
             figures["eager_predictor_ms"] = time_ms(Replay(_predictor_call(batch, size, eager), batch.device, graphs=batch.graphs), repeats)
-        if compiled is not None:
-            try:
-                figures["compiled_predictor_ms"] = time_ms(Replay(_predictor_call(batch, size, compiled), batch.device, graphs=batch.graphs), repeats)
-            except Exception as exc:  # the rest of the profile still counts: say why, time the others
-                print(f"profile: the compiled predictor failed at batch {size}: {type(exc).__name__}: {exc}", flush=True)
-                compiled = None
+        if compiled is not None and not _time_compiled(figures, "compiled_predictor_ms", _predictor_call(batch, size, compiled), batch, time_ms, repeats):
+            compiled = None
         figures["talker_ms"] = time_ms(talker, repeats)
         if compiled_talker is not None:
-            try:
-                figures["compiled_talker_ms"] = time_ms(Replay(_talker_call(batch, size, keys, compiled_talker), batch.device, graphs=batch.graphs), repeats)
-            except Exception as exc:  # as for the compiled predictor
-                print(f"profile: the compiled talker failed at batch {size}: {type(exc).__name__}: {exc}", flush=True)
+            talker_call = _talker_call(batch, size, keys, compiled_talker)
+            if not _time_compiled(figures, "compiled_talker_ms", talker_call, batch, time_ms, repeats):
                 compiled_talker = None
         figures["other_ms"] = figures["step_ms"] - figures["predictor_ms"] - figures["talker_ms"]
         figures["prefill_ms"], figures["eager_prefill_ms"], figures["prompt_ms"] = prefill_ms, eager_prefill_ms, prompt_ms
@@ -130,6 +124,17 @@ def _voice(kind: str) -> Any:
     from .qwen_compare import reference_audio
 
     return Voice(design=INSTRUCT) if kind == "design" else Voice(reference=Reference(reference_audio(), key="profile"))
+
+
+def _time_compiled(figures: dict[str, Any], key: str, call: Callable[[], None], batch: Any, time_ms: Any, repeats: int) -> bool:
+    """``figures[key]``: a compiled part's time, captured alone; False (and why, printed) if it failed to compile or
+    to capture, so that the rest of the profile still counts."""
+    try:
+        figures[key] = time_ms(Replay(call, batch.device, graphs=batch.graphs), repeats)
+    except Exception as exc:
+        print(f"profile: {key} failed at batch {figures['batch']}: {type(exc).__name__}: {exc}", flush=True)
+        return False
+    return True
 
 
 def _prompt_ms(runtime: Any, voice: Any, repeats: int = 5) -> float:

@@ -52,7 +52,7 @@ class CompiledCodePredictor(FoldedCodePredictor):
         self.tables = list(self.table_stack.unbind())  # views: the tables are held once
         self.codebooks = torch.arange(self.groups, device=self.device)
         self.key_positions = torch.arange(self.groups + 1, device=self.device)
-        self.first = compiled(self._first, backend)
+        self.first = compiled(self._first_hidden, backend)
         self.step = compiled(self._step, backend)
         self.last = compiled(self._sample, backend)
 
@@ -66,13 +66,7 @@ class CompiledCodePredictor(FoldedCodePredictor):
             code, hidden = self.step(hidden, self.codebooks[i], settings, noise)
             codes.append(code)
         codes.append(self.last(hidden, self.codebooks[-1], settings, noise))
-        stacked = torch.stack(codes, dim=1)
-        parts = [self.first_raw[token][:, None], *(self.raw[i][code][:, None] for i, code in enumerate(codes))]
-        embeds = torch.cat(parts, dim=1).sum(1, keepdim=True)  # one reduction, as upstream sums
-        return stacked, embeds
-
-    def _first(self, past_hidden: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
-        return self._run(torch.cat((self.project(past_hidden), self.first_table[token][:, None]), dim=1), 0)
+        return torch.stack(codes, dim=1), self._summed_embedding(token, codes)  # eager: upstream's order
 
     def _sample(self, hidden: torch.Tensor, codebook: torch.Tensor, settings: Settings, noise: torch.Tensor | None) -> torch.Tensor:
         logits = (hidden @ _pick(self.head, 0, codebook).T).float()

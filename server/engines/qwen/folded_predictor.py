@@ -133,19 +133,24 @@ class FoldedCodePredictor:
         self, past_hidden: torch.Tensor, token: torch.Tensor, settings: Settings, noise: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``past_hidden`` (B, 1, H), ``token`` (B,), ``noise`` (B, 15, V) or None -> codes (B, 15), embeds (B, 1, H)."""
-        x = torch.cat((self.project(past_hidden), self.first_table[token][:, None]), dim=1)
-        hidden = self._run(x, 0)
-        parts = [self.first_raw[token][:, None]]
+        hidden = self._first_hidden(past_hidden, token)
         codes = []
         for i in range(self.groups):
             logits = (hidden @ self.head[i].T).float()
             code = choose(logits, settings, None if noise is None else noise[:, i], top_p=self.top_p, top_k=self.top_k)
             codes.append(code)
-            parts.append(self.raw[i][code][:, None])
             if i + 1 < self.groups:
                 hidden = self._run(self.tables[i][code][:, None], i + 2)
-        embeds = torch.cat(parts, dim=1).sum(1, keepdim=True)  # one reduction, as upstream sums
-        return torch.stack(codes, dim=1), embeds
+        return torch.stack(codes, dim=1), self._summed_embedding(token, codes)
+
+    def _first_hidden(self, past_hidden: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """The frame's first two positions (the talker's hidden state, the first code), causal: the hidden state (B, H)."""
+        return self._run(torch.cat((self.project(past_hidden), self.first_table[token][:, None]), dim=1), 0)
+
+    def _summed_embedding(self, token: torch.Tensor, codes: list[torch.Tensor]) -> torch.Tensor:
+        """The talker's next input: all 16 codebooks' embeddings from the unprojected tables, (B, 1, talker H)."""
+        parts = [self.first_raw[token][:, None], *(self.raw[i][code][:, None] for i, code in enumerate(codes))]
+        return torch.cat(parts, dim=1).sum(1, keepdim=True)  # one reduction, as upstream sums
 
     def _run(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Rows 0..B-1 at positions start..start+T-1: the last position's hidden state, normalised (B, H)."""
