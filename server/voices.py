@@ -11,7 +11,8 @@ several fronts share one library. Reference audio is stored in it too, so no
 front needs a shared filesystem; each reference has a content key (a hash of
 its audio and text), the name under which engines cache what they derive from
 it, here or on an engine replica. The schema is Alembic's (``server/migrations``),
-brought up to date at open; a library of the earlier layout in the data
+brought up to date at open (a new database is made and stamped at once, without
+loading Alembic, and one already at the newest migration is left alone); a library of the earlier layout in the data
 directory (``legacy_library``) is imported once, and left as it was.
 
 The database being unreachable is ``Unavailable`` on each voice operation,
@@ -60,6 +61,12 @@ _ID = re.compile(r"^v_[0-9a-f]{16}$")
 _MIGRATION_LOCK = 0x6D696E65  # any constant: fronts sharing a PostgreSQL server take turns migrating
 _REFERENCE_CACHE = 64
 
+SCHEMA_REVISION = "0001"
+"""The newest migration in ``server/migrations/versions/``. A database already there is opened without
+loading Alembic (a quarter of a server's start), and a new one is made from the tables below and
+stamped with it, as Alembic's own recipe does; ``tests/test_library.py`` holds the tables, the stamp
+and the migrations to one another."""
+
 _metadata = sa.MetaData()
 voices_table = sa.Table(
     "voices",
@@ -69,9 +76,11 @@ voices_table = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("design", sa.Text()),
     sa.Column("ref_text", sa.Text()),
-    sa.Column("duration_ms", sa.Integer(), nullable=False),
-    sa.Column("has_audio", sa.Boolean(), nullable=False),
+    sa.Column("duration_ms", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("has_audio", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("created", sa.Float(), nullable=False),
+    sa.CheckConstraint("kind IN ('design', 'clone')", name="voice_kind"),
+    sa.Index("voices_by_created", "created"),
 )
 audio_table = sa.Table(
     "voice_audio",
@@ -87,6 +96,12 @@ imports_table = sa.Table(
     sa.Column("source", sa.String(1024), primary_key=True),
     sa.Column("voices", sa.Integer(), nullable=False),
     sa.Column("imported", sa.Float(), nullable=False),
+)
+_version_table = sa.Table(  # Alembic's, as it makes it
+    "alembic_version",
+    sa.MetaData(),
+    sa.Column("version_num", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
 )
 
 
@@ -342,6 +357,18 @@ def _migrations_lock() -> asyncio.Lock:
 
 
 def _upgrade(connection: sa.Connection) -> None:
+    tables = set(sa.inspect(connection).get_table_names())
+    if _version_table.name in tables and connection.scalar(sa.select(_version_table.c.version_num)) == SCHEMA_REVISION:
+        return
+    if not tables & set(_metadata.tables):
+        _metadata.create_all(connection)
+        _version_table.create(connection)
+        connection.execute(sa.insert(_version_table).values(version_num=SCHEMA_REVISION))
+        return
+    _alembic_upgrade(connection)
+
+
+def _alembic_upgrade(connection: sa.Connection) -> None:
     from alembic import command
     from alembic.config import Config
 

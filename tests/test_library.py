@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import subprocess
+import sys
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from client import ServerError
+from server import voices
 from server.audio import read_wav, resample
 from server.errors import Unavailable, VoiceNotFound
-from server.voices import VoiceLibrary, VoiceRecord, content_key
+from server.voices import VoiceLibrary, VoiceRecord, content_key, default_url
 from tests.audio_checks import assert_speech
+from tests.conftest import ROOT
 from tests.legacy_voices import LegacyVoiceLibrary
 from tests.postgres import PostgresServer
 
@@ -109,6 +113,84 @@ async def test_schema_is_alembics_head(library: VoiceLibrary) -> None:
         await engine.dispose()
     assert version == "0001"
     assert {"voices", "voice_audio", "imported_libraries", "alembic_version"} <= tables
+
+
+async def on_connection(url: str, work: Callable[[sa.Connection], Any]) -> Any:
+    """``work`` on a synchronous connection to ``url``, in one transaction."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            return await conn.run_sync(work)
+    finally:
+        await engine.dispose()
+
+
+def schema(conn: sa.Connection) -> dict[str, Any]:
+    """Everything the database says of its tables, in a form that compares."""
+    inspector = sa.inspect(conn)
+    found: dict[str, Any] = {}
+    for table in sorted(inspector.get_table_names()):
+        found[table] = {
+            "columns": [(c["name"], str(c["type"]), c["nullable"], str(c.get("default"))) for c in inspector.get_columns(table)],
+            "primary key": inspector.get_pk_constraint(table)["constrained_columns"],
+            "foreign keys": [(k["constrained_columns"], k["referred_table"], k["referred_columns"], k.get("options")) for k in inspector.get_foreign_keys(table)],
+            "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in inspector.get_indexes(table)),
+            "checks": sorted((c["name"], " ".join(c["sqltext"].split())) for c in inspector.get_check_constraints(table)),
+        }  # fmt: skip
+    if conn.dialect.name == "sqlite":  # SQLite keeps each CREATE statement as it was given
+        found["statements"] = sorted(tuple(row) for row in conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    return found
+
+
+async def test_a_new_database_is_made_as_the_migrations_make_it(tmp_path: Path, database_url: str | None, request: pytest.FixtureRequest) -> None:
+    made = VoiceLibrary(tmp_path / "made", database_url)  # the library's own way: its tables, stamped
+    await made.open()
+    await made.close()
+    if database_url is None:
+        (tmp_path / "migrated").mkdir()
+        migrated = default_url(tmp_path / "migrated")
+    else:
+        migrated = request.getfixturevalue("postgres").database()
+    await on_connection(migrated, voices._alembic_upgrade)  # Alembic's way: every migration in turn
+    assert await on_connection(made.url, schema) == await on_connection(migrated, schema)
+
+    await on_connection(made.url, voices._alembic_upgrade)  # Alembic finds it at its head: nothing to do
+    assert await on_connection(made.url, schema) == await on_connection(migrated, schema)
+
+
+def test_the_stamp_is_the_newest_migration() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(voices.MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == voices.SCHEMA_REVISION
+
+
+def test_a_library_is_made_and_reopened_without_loading_alembic(tmp_path: Path) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from server.voices import VoiceLibrary\n"
+        "async def main():\n"
+        "    for _ in range(2):\n"
+        "        library = VoiceLibrary(Path(sys.argv[1]))\n"
+        "        await library.open()\n"
+        "        await library.save(name='x', kind='design', design='a calm voice')\n"
+        "        await library.close()\n"
+        "    print(len(await reopened()), 'alembic' in sys.modules)\n"
+        "async def reopened():\n"
+        "    library = VoiceLibrary(Path(sys.argv[1]))\n"
+        "    await library.open()\n"
+        "    try:\n"
+        "        return await library.all()\n"
+        "    finally:\n"
+        "        await library.close()\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "False"]
 
 
 def files_digest(data_dir: Path) -> dict[str, str]:
