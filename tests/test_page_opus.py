@@ -76,8 +76,10 @@ def test_the_page_plays_opus_from_the_socket(page: Any, shots_dir: Path) -> None
     assert opus["status"] == "Done." and opus["rate"] == 48000
     assert opus["maxPeak"] > 0.05 and opus["analyserPeak"] > 0.01, "no audible Opus"
     print(f"\nPCM {pcm['fig']}\nOpus {opus['fig']}")  # underruns follow the engine's pace on a loaded machine, either way
-    # As long as the server made it, and a fraction of the bytes.
-    assert abs(opus["fig"]["audioMs"] - pcm["fig"]["audioMs"]) < 0.1 * pcm["fig"]["audioMs"]
+    # As long as the server made it, and a fraction of the bytes. The two renders of one text differ in
+    # length by the voice's duration noise (Piper samples it; 12.6% apart seen once), so the two lengths
+    # only have to agree within a quarter: a halved or doubled stream still fails.
+    assert abs(opus["fig"]["audioMs"] - pcm["fig"]["audioMs"]) < 0.25 * pcm["fig"]["audioMs"]
     received_ms = page.evaluate(f"{LAST}.pcm.reduce((n, c) => n + c.length, 0) / 48")
     assert abs(received_ms - opus["fig"]["audioMs"]) <= 40, (received_ms, opus["fig"]["audioMs"])
     assert pcm["fig"]["bytesIn"] / opus["fig"]["bytesIn"] > 6, (pcm["fig"]["bytesIn"], opus["fig"]["bytesIn"])
