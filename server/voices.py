@@ -12,8 +12,9 @@ front needs a shared filesystem; each reference has a content key (a hash of
 its audio and text), the name under which engines cache what they derive from
 it, here or on an engine replica. The schema is Alembic's (``server/migrations``),
 brought up to date at open (a new database is made and stamped at once, without
-loading Alembic, and one already at the newest migration is left alone); a library of the earlier layout in the data
-directory (``legacy_library``) is imported once, and left as it was.
+loading Alembic, and one already at the newest migration is left alone); a
+library of the earlier layout in the data directory (``legacy_library``) is
+imported once, and left as it was.
 
 The database being unreachable is ``Unavailable`` on each voice operation,
 not a dead server: designed voices keep speaking, and the library reconnects
