@@ -103,18 +103,6 @@ async def test_content_key_is_the_same_on_every_front(tmp_path: Path, database_u
         await second.close()
 
 
-async def test_schema_is_alembics_head(library: VoiceLibrary) -> None:
-    engine = create_async_engine(library.url)
-    try:
-        async with engine.connect() as conn:
-            version = await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
-            tables = await conn.run_sync(lambda sync: set(sa.inspect(sync).get_table_names()))
-    finally:
-        await engine.dispose()
-    assert version == "0001"
-    assert {"voices", "voice_audio", "imported_libraries", "alembic_version"} <= tables
-
-
 async def on_connection(url: str, work: Callable[[sa.Connection], Any]) -> Any:
     """``work`` on a synchronous connection to ``url``, in one transaction."""
     engine = create_async_engine(url)
@@ -123,6 +111,13 @@ async def on_connection(url: str, work: Callable[[sa.Connection], Any]) -> Any:
             return await conn.run_sync(work)
     finally:
         await engine.dispose()
+
+
+async def test_schema_is_alembics_head(library: VoiceLibrary) -> None:
+    version = await on_connection(library.url, lambda conn: conn.scalar(sa.text("SELECT version_num FROM alembic_version")))
+    tables = await on_connection(library.url, lambda conn: set(sa.inspect(conn).get_table_names()))
+    assert version == "0001"
+    assert {"voices", "voice_audio", "imported_libraries", "alembic_version"} <= tables
 
 
 def schema(conn: sa.Connection) -> dict[str, Any]:
@@ -173,19 +168,13 @@ def test_a_library_is_made_and_reopened_without_loading_alembic(tmp_path: Path) 
         "from pathlib import Path\n"
         "from server.voices import VoiceLibrary\n"
         "async def main():\n"
-        "    for _ in range(2):\n"
+        "    for _ in range(2):  # made, then reopened at its head\n"
         "        library = VoiceLibrary(Path(sys.argv[1]))\n"
         "        await library.open()\n"
         "        await library.save(name='x', kind='design', design='a calm voice')\n"
+        "        saved = await library.all()\n"
         "        await library.close()\n"
-        "    print(len(await reopened()), 'alembic' in sys.modules)\n"
-        "async def reopened():\n"
-        "    library = VoiceLibrary(Path(sys.argv[1]))\n"
-        "    await library.open()\n"
-        "    try:\n"
-        "        return await library.all()\n"
-        "    finally:\n"
-        "        await library.close()\n"
+        "    print(len(saved), 'alembic' in sys.modules)\n"
         "asyncio.run(main())\n"
     )
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=60)
