@@ -17,7 +17,7 @@
 #      prefill, codec (replayed and eager), first audio from its parts;
 #   7. where time is left: the compiled predictor's and talker's profile (batch 1 and 64), their
 #      parity tests, and the load with both (clone at 1 and 64 streams);
-#   8. results.md: every table, the GPU's name, the versions.
+#   8. results.md: every table, the GPU's name, the versions (remade after every step, so a run killed at its limit keeps them).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MODE=gpu
@@ -50,8 +50,31 @@ else
 fi
 mkdir -p "$OUT"
 LOG="$OUT/run.log"
+WORK=$(mktemp -d /tmp/qwen-gpu-work-XXXX)  # each step's own files; only what results.md folds in goes to $OUT
+# At most 8 files come back, and a run killed at its limit must still bring its tables:
+# OUT holds env.txt, run.log, pytest.log, load.json, load-compiled.json and results.md, remade after every step.
 export PYTHONUNBUFFERED=1
 started=$(date +%s)
+
+summarize() {  # results.md from what the steps have written so far: every table, the GPU's name, the versions
+  {
+    echo "# Qwen engine GPU run ($MODE)"
+    echo; echo '```'; cat "$OUT/env.txt"; echo '```'
+    echo; echo "## Parity tests on the device (float32, graphs)"; echo; cat "$OUT/pytest.log" 2>/dev/null || echo "none"
+    echo; echo "## Load (bench.qwen_load)"; echo; cat "$WORK/load.md" 2>/dev/null || echo "none"
+    echo; echo "## faster-qwen3-tts 0.3.2 (bench.qwen_engine --runners faster)"; echo
+    cat "$WORK/faster-clone.md" "$WORK/faster-design.md" 2>/dev/null || echo "none"
+    echo; echo "## Step profile (bench.qwen_profile)"; echo; cat "$WORK/profile.md" 2>/dev/null || echo "none"
+    echo; echo "## The compiled predictor's and talker's profile (bench.qwen_profile --compiled)"; echo
+    cat "$WORK/compiled/profile.md" 2>/dev/null || echo "none"
+    echo; echo "## Load with the compiled predictor and talker (bench.qwen_load --predictor compiled --talker compiled)"; echo
+    cat "$WORK/compiled/load.md" 2>/dev/null || echo "none"
+    echo; echo "total $(( $(date +%s) - started ))s${1:+ ($1)}"
+  } > "$OUT/results.md"
+  [ -f "$WORK/load.json" ] && cp "$WORK/load.json" "$OUT/load.json"
+  [ -f "$WORK/compiled/load.json" ] && cp "$WORK/compiled/load.json" "$OUT/load-compiled.json"
+  return 0
+}
 
 step() {  # step NAME LIMIT_S COMMAND...: run it under a time limit, log it, never stop the script
   local name=$1 limit=$(( $2 * SCALE )); shift 2
@@ -59,6 +82,7 @@ step() {  # step NAME LIMIT_S COMMAND...: run it under a time limit, log it, nev
   timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   echo "== $name: exit $rc after $(( $(date +%s) - started ))s" | tee -a "$LOG"
+  summarize
 }
 
 install_wheels() {  # every pinned wheel must be there; the dry run checks that and installs nothing
@@ -99,8 +123,9 @@ EOF
 # (the compiled predictor's tests come later, where time is left: Inductor compiles for minutes).
 parity() {  # parity NAME LIMIT_S -k EXPRESSION: the tests' counts appended to pytest.log
   step "$1" "$2" env MINESTREAM_QWEN_DEVICE=$DEVICE $PY -m pytest --noconftest -q -x -p no:cacheprovider \
-    tests/test_qwen_batch.py tests/test_qwen_codec.py -k "$3" -o addopts="" --junitxml="$OUT/pytest.xml"
-  [ -f "$OUT/pytest.xml" ] && { echo -n "$1: "; grep -o 'tests="[0-9]*"\|failures="[0-9]*"\|errors="[0-9]*"' "$OUT/pytest.xml" | tr '\n' ' '; echo; } >> "$OUT/pytest.log" && rm "$OUT/pytest.xml"
+    tests/test_qwen_batch.py tests/test_qwen_codec.py -k "$3" -o addopts="" --junitxml="$WORK/pytest.xml"
+  [ -f "$WORK/pytest.xml" ] && { echo -n "$1: "; grep -o 'tests="[0-9]*"\|failures="[0-9]*"\|errors="[0-9]*"' "$WORK/pytest.xml" | tr '\n' ' '; echo; } >> "$OUT/pytest.log" && rm "$WORK/pytest.xml"
+  summarize
 }
 rm -f "$OUT/pytest.log"
 parity tests 150 "(together or generator or company or reused or folded or padding) and not compiled"
@@ -109,14 +134,14 @@ step build 120 $PY -m bench.qwen_models "$SIZE" "$MODELS"
 DIRS=(--design-model "$MODELS/design" --base-model "$MODELS/base")
 
 step load 300 $PY -m bench.qwen_load "${DIRS[@]}" --suppress-eos --frames "$FRAMES" --levels $LEVELS \
-  --warmup "$WARMUP" --window "$WINDOW" --out "$OUT"
+  --warmup "$WARMUP" --window "$WINDOW" --out "$WORK"
 
 step faster-clone 100 $PY -m bench.qwen_engine "${DIRS[@]}" --runners faster --voices clone --streams 1,16 --frames "$FRAMES" \
-  --suppress-eos --first-chunk 2 --results "$OUT/faster-clone.md"
+  --suppress-eos --first-chunk 2 --results "$WORK/faster-clone.md"
 step faster-design 60 $PY -m bench.qwen_engine "${DIRS[@]}" --runners faster --voices design --streams 1 --frames "$FRAMES" \
-  --suppress-eos --first-chunk 2 --results "$OUT/faster-design.md"
+  --suppress-eos --first-chunk 2 --results "$WORK/faster-design.md"
 
-step profile 120 $PY -m bench.qwen_profile "${DIRS[@]}" --kind base --batch "$BATCHES" --repeats 20 --out "$OUT"
+step profile 120 $PY -m bench.qwen_profile "${DIRS[@]}" --kind base --batch "$BATCHES" --repeats 20 --out "$WORK"
 
 # The compiled predictor, where time is left (each step only if the run is young enough to fit it):
 # its profile beside the folded one, its parity tests, the load with it at one stream and at 64.
@@ -125,27 +150,12 @@ if_time() {  # if_time BEFORE_S STEP...: the step only if fewer than BEFORE_S se
   if (( $(date +%s) - started < before )); then "$@"; else echo "== $2: skipped, $(( $(date +%s) - started ))s gone" | tee -a "$LOG"; fi
 }
 if_time 330 step profile-compiled 120 $PY -m bench.qwen_profile "${DIRS[@]}" --kind base --batch "$COMPILED_BATCHES" --repeats 20 \
-  --compiled --out "$OUT/compiled"
+  --compiled --out "$WORK/compiled"
 if_time 380 parity compiled-tests 80 "compiled"
 if_time 380 step load-compiled 90 $PY -m bench.qwen_load "${DIRS[@]}" --suppress-eos --frames "$FRAMES" --levels $COMPILED_LEVELS \
-  --warmup "$WARMUP" --window "$WINDOW" --predictor compiled --talker compiled --out "$OUT/compiled"
+  --warmup "$WARMUP" --window "$WINDOW" --predictor compiled --talker compiled --out "$WORK/compiled"
 
-{
-  echo "# Qwen engine GPU run ($MODE)"
-  echo; echo '```'; cat "$OUT/env.txt"; echo '```'
-  echo; echo "## Parity tests on the device (float32, graphs)"; echo; cat "$OUT/pytest.log" 2>/dev/null || echo "none"
-  echo; echo "## Load (bench.qwen_load)"; echo; cat "$OUT/load.md" 2>/dev/null || echo "none"
-  echo; echo "## faster-qwen3-tts 0.3.2 (bench.qwen_engine --runners faster)"; echo
-  cat "$OUT/faster-clone.md" "$OUT/faster-design.md" 2>/dev/null || echo "none"
-  echo; echo "## Step profile (bench.qwen_profile)"; echo; cat "$OUT/profile.md" 2>/dev/null || echo "none"
-  echo; echo "## The compiled predictor's and talker's profile (bench.qwen_profile --compiled)"; echo
-  cat "$OUT/compiled/profile.md" 2>/dev/null || echo "none"
-  echo; echo "## Load with the compiled predictor and talker (bench.qwen_load --predictor compiled --talker compiled)"; echo
-  cat "$OUT/compiled/load.md" 2>/dev/null || echo "none"
-  echo; echo "total $(( $(date +%s) - started ))s"
-} > "$OUT/results.md"
-[ -f "$OUT/compiled/load.json" ] && mv "$OUT/compiled/load.json" "$OUT/load-compiled.json"
-rm -rf "$OUT/compiled"
-rm -f "$OUT/load.md" "$OUT/faster-clone.md" "$OUT/faster-design.md" "$OUT/profile.md"  # folded into results.md: at most 8 files come back
+summarize complete
+rm -rf "$WORK"
 echo "== done in $(( $(date +%s) - started ))s: $OUT" | tee -a "$LOG"
 cat "$OUT/results.md"
