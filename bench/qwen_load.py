@@ -289,7 +289,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+async def run(args: argparse.Namespace, on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+    """Every level of ``args.plan`` in turn; ``on_row`` sees the rows so far after each level."""
     speaker = server_speaker if args.serve or args.url else engine_speaker
     rows: list[dict[str, Any]] = []
     async with speaker(args) as (speak, engine):
@@ -300,6 +301,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             row["engine"] = figures
             rows.append(row)
             print("row", json.dumps(row), flush=True)
+            on_row(rows)
     return rows
 
 
@@ -343,14 +345,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         started = time.perf_counter()
         args.design_model, args.base_model = map(str, build_models(root, size, device=device, dtype=args.dtype))
         print(f"built {size} models in {time.perf_counter() - started:.1f}s: {root}", flush=True)
-    rows = asyncio.run(run(args))
-    text = table(rows)
-    print(text)
+    rows = asyncio.run(run(args, on_row=lambda rows: save(args, rows)))
+    print(table(rows))
+    return rows
+
+
+def save(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """The table and the samples so far, in ``--out``: a run cut short keeps every level it finished."""
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "load.json").write_text(json.dumps({"args": _jsonable(vars(args)), "rows": rows}, indent=1))
-        (args.out / "load.md").write_text(text + "\n")
-    return rows
+        (args.out / "load.md").write_text(table(rows) + "\n")
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:

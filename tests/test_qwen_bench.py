@@ -101,6 +101,24 @@ def test_load_mode_reports_every_level(qwen_tiny_models: tuple[Path, Path], tmp_
     assert len(json.loads((tmp_path / "load.json").read_text())["rows"]) == 2
 
 
+def test_load_mode_saves_after_every_level(qwen_tiny_models: tuple[Path, Path], tmp_path: Path) -> None:
+    """A run cut short (the GPU script's time limit) keeps the levels it finished: the files are rewritten after each."""
+    design, base = map(str, qwen_tiny_models)
+    args = qwen_load.parser().parse_args(["--design-model", design, "--base-model", base, "--levels", "design:1", "clone:1",
+                                          "--frames", "4", "--warmup", "0.2", "--window", "0.8", "--out", str(tmp_path)])  # fmt: skip
+    args.plan = [level for spec in args.levels for level in qwen_load.LevelSpec.parse(spec)]
+    saved: list[tuple[int, str]] = []
+
+    def on_row(rows: list[dict[str, Any]]) -> None:
+        qwen_load.save(args, rows)
+        on_disk = json.loads((tmp_path / "load.json").read_text())["rows"]
+        saved.append((len(on_disk), (tmp_path / "load.md").read_text()))
+
+    asyncio.run(qwen_load.run(args, on_row))
+    assert [n for n, _ in saved] == [1, 2]
+    assert "| design 1 |" in saved[0][1] and "| clone 1 |" not in saved[0][1] and "| clone 1 |" in saved[1][1]
+
+
 def test_op_count_of_a_frame_folded_against_upstream_modules() -> None:
     """``bench.qwen_ops``: the folded predictor and the talker's fused norms dispatch far fewer ops (a count, not a time)."""
     from bench import qwen_ops
