@@ -7,6 +7,7 @@ The decode batch itself (rows, parity, sampling) is tested in ``test_qwen_batch.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ pytest.importorskip("transformers")
 from server.engines.base import SAMPLE_RATE, Reference, SynthesisRequest, Voice  # noqa: E402
 from server.engines.qwen import compat, qwen_weights_available  # noqa: E402
 from server.engines.qwen.engine import QwenEngine  # noqa: E402
+from server.engines.qwen.runtime import ModelRuntime  # noqa: E402
 from server.errors import EngineError  # noqa: E402
 from server.speech import LeadInTrim, Utterance, speak_audio  # noqa: E402
 from server.text import split_sentences  # noqa: E402
@@ -295,6 +297,8 @@ def test_one_model_mode_swaps_on_demand(qwen_tiny_models) -> None:
         for voice in (design, clone, design):  # each one needs the model that is not resident
             assert sum(len(c) for c in await collect(engine, SynthesisRequest("One.", voice))) == FRAMES * FRAME
             seen.append(engine.health())
+            gc.collect()  # the unloaded model is gone, not held by its idle scheduler thread
+            assert sum(isinstance(o, ModelRuntime) for o in gc.get_objects()) == 1
         outs = await asyncio.gather(*(collect(engine, SynthesisRequest("Two.", v)) for v in (design, clone, design)))
         assert all(sum(len(c) for c in out) == FRAMES * FRAME for out in outs)
         seen.append(engine.health())

@@ -128,6 +128,9 @@ class Scheduler:
                     self._serve(runtime)
             finally:
                 self.manager.release(self.kind)
+                # Waiting for the next job must not keep the model alive: in one-model mode the other
+                # kind may unload it meanwhile, and its weights, rows and graphs must go with it.
+                del runtime
 
     def _serve(self, rt: ModelRuntime) -> None:
         """One turn with the model: run until nothing is active and nothing may be admitted.
