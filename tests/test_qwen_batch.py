@@ -7,6 +7,7 @@ join, leave and move happens at a chosen round.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,6 +301,26 @@ def _transformers_choice(scores: torch.Tensor, seen: list[int], sampled: int, kw
         warpers.append(TopPLogitsWarper(kw["top_p"]))
     warped = warpers(ids, processed)
     return warped[0], int((warped.softmax(-1)[0] / noise).argmax())
+
+
+def test_no_collection_while_a_graph_is_captured() -> None:
+    """``graphs.no_collection`` holds the cycle collector off for a capture and gives back the state it found."""
+    from server.engines.qwen.graphs import no_collection
+
+    assert gc.isenabled()
+    with no_collection():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), no_collection():
+        raise RuntimeError("a capture failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with no_collection():
+            pass
+        assert not gc.isenabled()  # a caller that turned it off keeps it off
+    finally:
+        gc.enable()
 
 
 def test_batched_sampler_equals_transformers_per_row() -> None:

@@ -23,7 +23,9 @@ keep nothing between replays (their results go to the batch's own tensors).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+import contextlib
+import gc
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -48,6 +50,17 @@ def bucket(sizes: tuple[int, ...], n: int) -> int:
     return sizes[index]
 
 
+_WARM_UP_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+"""One warm-up stream per device: a new stream per graph would cycle torch's stream pool (and a cuBLAS
+workspace for each) and could hand a model's runtime the same stream as the other model's."""
+
+
+def _warm_up_stream(device: torch.device) -> torch.cuda.Stream:
+    if device not in _WARM_UP_STREAMS:
+        _WARM_UP_STREAMS[device] = torch.cuda.Stream(device)
+    return _WARM_UP_STREAMS[device]
+
+
 class Replay:
     """``fn`` captured as a CUDA graph (into ``pool``) on a GPU; called as is elsewhere or when ``graphs`` is off."""
 
@@ -55,7 +68,7 @@ class Replay:
         self.fn = fn
         self.graph: torch.cuda.CUDAGraph | None = None
         if graphs and device.type == "cuda":
-            side = torch.cuda.Stream(device)
+            side = _warm_up_stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(2):  # warm-up: lazy inits and cuBLAS workspaces happen outside the graph
@@ -63,7 +76,7 @@ class Replay:
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             # thread_local: the other model's thread keeps launching work meanwhile
-            with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
+            with no_collection(), torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
                 fn()
 
     def __call__(self) -> None:
@@ -71,3 +84,18 @@ class Replay:
             self.fn()
         else:
             self.graph.replay()
+
+
+@contextlib.contextmanager
+def no_collection() -> Iterator[None]:
+    """No garbage collection during a capture, in any thread: batches and their graphs are freed only by the
+    cycle collector (a replay's function refers back to its batch), and a graph destroyed mid-capture breaks
+    the capture. (torch no longer collects on entering ``torch.cuda.graph``; a collection there per graph
+    would cost seconds of a start.)"""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

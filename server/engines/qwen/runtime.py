@@ -107,6 +107,14 @@ class ModelRuntime:
         }
 
 
+def _runtime_stream(device: torch.device) -> torch.cuda.Stream:
+    """A model's own stream, from torch's high-priority pool (so never the warm-up stream of ``graphs``),
+    ordered after the loading that ran on the default stream: pool streams do not wait for it by themselves."""
+    stream = torch.cuda.Stream(device, priority=-1)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    return stream
+
+
 class RuntimeFactory:
     """Makes a model's runtime when the manager has loaded it: the engine's settings, no engine."""
 
@@ -116,7 +124,7 @@ class RuntimeFactory:
 
     def build(self, kind: str, tts: Any, rows: int) -> ModelRuntime:
         device = tts.model.talker.codec_head.weight.device
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        stream = _runtime_stream(device) if device.type == "cuda" else None
         s = self.settings
         prompts = PromptBuilder(tts, s.generation, self.clones)
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
