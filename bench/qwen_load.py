@@ -210,7 +210,7 @@ def engine_figures(engine: Any) -> dict[str, Any]:
         total["prefill"] += sum(s.prefill_s)
         total["step"] += sum(sum(t) for t in buckets.values())
     busy = total["round"] + total["prefill"]
-    out: dict[str, Any] = {"step_ms": steps, "codec": codecs}
+    out: dict[str, Any] = {"step_ms": steps, "codec": codecs, "graphs": graphs_captured(engine)}
     if busy > 0:
         out["share"] = {
             "step": round(total["step"] / busy, 3),
@@ -226,6 +226,14 @@ def engine_figures(engine: Any) -> dict[str, Any]:
             "used_of_total": f"{(whole - free) / 2**30:.1f}/{whole / 2**30:.1f}",
         }
     return out
+
+
+def graphs_captured(engine: Any) -> dict[str, dict[str, int]]:
+    """Graphs each loaded model captured: a capture that failed falls back to eager, and the table must say so."""
+    return {
+        kind: {"decode": runtime.batch.graph_count, "codec": getattr(runtime.codec, "graph_count", 0)}
+        for kind, runtime in engine.manager.loaded().items()
+    }
 
 
 # -- through the server ------------------------------------------------------------
@@ -284,6 +292,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     codecs = {kind: name for r in rows for kind, name in ((r.get("engine") or {}).get("codec") or {}).items()}
     if codecs:
         lines += ["", "Codec: " + ", ".join(f"{kind} {name}" for kind, name in sorted(codecs.items()))]
+    graphs = {kind: counts for r in rows for kind, counts in ((r.get("engine") or {}).get("graphs") or {}).items()}
+    if graphs:
+        lines += ["", "Graphs captured (step and prefill; codec): " + ", ".join(f"{k} {c['decode']}; {c['codec']}" for k, c in sorted(graphs.items()))]
     if memory:
         lines += ["", f"GPU memory (GiB) after the last level: {memory[-1]}"]
     return "\n".join(lines)

@@ -97,6 +97,7 @@ def test_load_mode_reports_every_level(qwen_tiny_models: tuple[Path, Path], tmp_
         assert r["ttfa_ms"]["p50"] > 0 and r["x_real_time_p50"] > 0 and r["audio_s_per_utterance"] == 8 * 0.08
         assert r["underruns"] >= 0 and set(r["engine"]["share"]) == {"step", "codec", "prefill", "host"}
     assert set(rows[1]["engine"]["step_ms"]) == {"design", "base"}  # both models stepped in the mixed level
+    assert rows[1]["engine"]["graphs"] == {kind: {"decode": 0, "codec": 0} for kind in ("design", "base")}  # a CPU captures none
     assert "| mixed 1+1 | 2 |" in (tmp_path / "load.md").read_text()
     assert len(json.loads((tmp_path / "load.json").read_text())["rows"]) == 2
 

@@ -7,7 +7,7 @@
 #   here, dry:   PYTHON=.venv/bin/python bash bench/gpu/run_qwen.sh --dry-run [DIR]   # every step on CPU, tiny models
 #
 # Steps, each under its own time limit, in order of what matters if time runs out:
-#   1. install the carried wheels (bench/gpu/qwen-wheels.txt) into /tmp/site;
+#   1. install the carried wheels (bench/gpu/qwen-wheels.txt) into /tmp/site; stop at once if qwen-tts then does not import;
 #   2. the batch's parity tests on the GPU (float32, step graphs captured; codes equal upstream's);
 #   3. build random-weight 1.7B VoiceDesign + Base dirs on the GPU (bench/qwen_models.py);
 #   4. the load table (bench/qwen_load.py): clone at 1, 8, 16, 32, 64 streams, design at 1 and 64,
@@ -51,6 +51,7 @@ fi
 mkdir -p "$OUT"
 LOG="$OUT/run.log"
 WORK=$(mktemp -d /tmp/qwen-gpu-work-XXXX)  # each step's own files; only what results.md folds in goes to $OUT
+trap 'rm -rf "$WORK"' EXIT
 # At most 8 files come back, and a run killed at its limit must still bring its tables:
 # OUT holds env.txt, run.log, pytest.log, load.json, load-compiled.json and results.md, remade after every step.
 export PYTHONUNBUFFERED=1
@@ -118,6 +119,13 @@ for name in ("transformers", "tokenizers", "huggingface_hub", "accelerate", "qwe
     except Exception as exc:
         print(name, "unavailable:", type(exc).__name__, str(exc)[:120])
 EOF
+echo "compilers (Triton's launcher needs one): $(command -v gcc cc nvcc | tr '\n' ' ')" >> "$OUT/env.txt"
+# Without qwen-tts nothing after this can run: stop at once, so the device time is left for a rerun.
+if ! $PY -c "from server.engines.qwen import compat; compat.install(); compat.import_qwen_tts()" >> "$LOG" 2>&1; then
+  echo "== qwen_tts does not import (run.log says why): stopping" | tee -a "$LOG"
+  summarize "stopped: qwen_tts does not import"
+  exit 3
+fi
 
 # float32 on the GPU with the step and codec graphs captured: the codes must still equal upstream's
 # (the compiled predictor's tests come later, where time is left: Inductor compiles for minutes).
@@ -156,6 +164,5 @@ if_time 380 step load-compiled 90 $PY -m bench.qwen_load "${DIRS[@]}" --suppress
   --warmup "$WARMUP" --window "$WINDOW" --predictor compiled --talker compiled --out "$WORK/compiled"
 
 summarize complete
-rm -rf "$WORK"
 echo "== done in $(( $(date +%s) - started ))s: $OUT" | tee -a "$LOG"
 cat "$OUT/results.md"
