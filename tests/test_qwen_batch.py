@@ -438,7 +438,7 @@ def test_memory_plan() -> None:
     assert plan_memory(weights, rows, None, reserve=0, max_rows=64) == ("both", {"design": 64, "base": 64})
     assert plan_memory(weights, rows, 80 * gib, reserve=3 * gib, max_rows=64) == ("both", {"design": 64, "base": 64})
     mode, shared = plan_memory(weights, rows, 20 * gib, reserve=3 * gib, max_rows=64)
-    assert mode == "both" and shared["design"] == shared["base"] == (9 * gib) // (2 * per_row)
+    assert mode == "both" and shared["design"] == shared["base"] == (6 * gib) // (2 * per_row)  # 3 GiB set aside for each model
     mode, alone = plan_memory(weights, rows, 9 * gib, reserve=3 * gib, max_rows=64)
     assert mode == "one" and alone == {"design": (2 * gib) // per_row, "base": (2 * gib) // per_row}
     with pytest.raises(EngineError, match="not enough memory"):

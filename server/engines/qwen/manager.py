@@ -39,7 +39,7 @@ KINDS = ("design", "base")
 MIN_SHARED_ROWS = 8
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 _FALLBACK_WEIGHT_BYTES = int(4.3e9)  # a 1.7B checkpoint in bf16, when its files can't be seen
-_GPU_RESERVE = 3 << 30  # activations (prefill, codec windows), graph pools, allocator slack
+_GPU_RESERVE = 3 << 30  # per resident model: activations (prefill, codec), its own graph pool, cuBLAS workspaces, slack
 _CODEC_ROW_BYTES = 8 << 20  # a stateful codec's per-row state (its windows and carried convolution inputs)
 _FALLBACK_TALKER = {"num_hidden_layers": 28, "num_key_value_heads": 8, "head_dim": 128, "hidden_size": 2048, "vocab_size": 3072,
                     "code_predictor_config": {"num_hidden_layers": 5, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 2048}}  # fmt: skip
@@ -102,10 +102,11 @@ def talker_config(source: str) -> dict[str, Any]:
 def plan_memory(
     weights: dict[str, int], per_row: dict[str, int], budget: int | None, *, reserve: int, max_rows: int
 ) -> tuple[str, dict[str, int]]:
-    """("both" or "one", rows per model) for these weights and per-row costs in ``budget`` bytes (None: no limit)."""
+    """("both" or "one", rows per model) for these weights and per-row costs in ``budget`` bytes (None: no limit);
+    ``reserve`` is set aside for each resident model."""
     if budget is None:
         return "both", {kind: max_rows for kind in weights}
-    spare = budget - sum(weights.values()) - reserve
+    spare = budget - sum(weights.values()) - reserve * len(weights)
     shared = min(max_rows, spare // sum(per_row.values())) if spare > 0 else 0
     if shared >= min(max_rows, MIN_SHARED_ROWS):
         return "both", {kind: int(shared) for kind in weights}
