@@ -230,10 +230,8 @@ def engine_figures(engine: Any) -> dict[str, Any]:
 
 def graphs_captured(engine: Any) -> dict[str, dict[str, int]]:
     """Graphs each loaded model captured: a capture that failed falls back to eager, and the table must say so."""
-    return {
-        kind: {"decode": runtime.batch.graph_count, "codec": getattr(runtime.codec, "graph_count", 0)}
-        for kind, runtime in engine.manager.loaded().items()
-    }
+    health = {kind: runtime.health() for kind, runtime in engine.manager.loaded().items()}
+    return {kind: {"decode": h["graphs"], "codec": h["codec_graphs"]} for kind, h in health.items()}
 
 
 # -- through the server ------------------------------------------------------------

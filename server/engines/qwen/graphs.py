@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import gc
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -50,15 +51,11 @@ def bucket(sizes: tuple[int, ...], n: int) -> int:
     return sizes[index]
 
 
-_WARM_UP_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
-"""One warm-up stream per device: a new stream per graph would cycle torch's stream pool (and a cuBLAS
-workspace for each) and could hand a model's runtime the same stream as the other model's."""
-
-
+@functools.cache
 def _warm_up_stream(device: torch.device) -> torch.cuda.Stream:
-    if device not in _WARM_UP_STREAMS:
-        _WARM_UP_STREAMS[device] = torch.cuda.Stream(device)
-    return _WARM_UP_STREAMS[device]
+    """One warm-up stream per device: a new stream per graph would cycle torch's stream pool (and a cuBLAS
+    workspace for each) and could hand a model's runtime the same stream as the other model's."""
+    return torch.cuda.Stream(device)
 
 
 class Replay:
